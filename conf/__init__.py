@@ -1,0 +1,1 @@
+"""Hydra config files shipped with plugformer (values only; options come from the registry)."""

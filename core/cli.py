@@ -1,0 +1,102 @@
+"""The command line: ``plugformer <command> [hydra overrides]``.
+
+Errors are one line on stderr (``plugformer: error: ...``) with exit code 2 for configuration
+errors and 1 otherwise; ``--traceback`` (or ``PLUGFORMER_TRACEBACK=1``) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from plugformer.core.errors import PlugformerError
+
+USAGE = """\
+usage: plugformer <command> [--traceback] [key=value ...]
+
+commands:
+  generate   generate text: plugformer generate prompt="Hello" [sampler=top_p sampler.top_p=0.9]
+  config     print the composed config for the given overrides
+  plugins    list registered plugins (kind, name, source, version, plugin)
+
+Overrides are Hydra overrides: attention=mha, positional=alibi, model.seed=3, ...
+"""
+
+
+def _plugins(overrides: list[str]) -> int:
+    from plugformer.core.config import plugin_settings
+    from plugformer.core.loader import get_plugins
+
+    loaded = get_plugins(plugin_settings(overrides))
+    rows = [("KIND", "NAME", "SOURCE", "VERSION", "PLUGIN")]
+    for e in loaded.registry.entries():
+        if e.source.origin == "distribution":
+            source, version = e.source.distribution or "?", e.source.version or "?"
+        else:
+            source, version = e.source.origin, "" if e.source.origin == "local" else _version()
+        rows.append((e.kind, e.name, source, version, e.source.plugin))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _version() -> str:
+    import plugformer
+
+    return plugformer.__version__
+
+
+def _config(overrides: list[str]) -> int:
+    from plugformer.core.config import compose_dictconfig, to_yaml
+
+    print(to_yaml(compose_dictconfig(overrides)), end="")
+    return 0
+
+
+def _generate(overrides: list[str]) -> int:
+    from plugformer.core.config import compose
+    from plugformer.core.engine import Engine
+    from plugformer.core.errors import ConfigError
+
+    config = compose(overrides)
+    if not config.prompt:
+        raise ConfigError('prompt: missing value; set it with prompt="..."')
+    engine = Engine(config)
+    result = engine.generate(config.prompt)
+    assert not isinstance(result, list)
+    print(result.text)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "generate": _generate,
+    "config": _config,
+    "plugins": _plugins,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    show_tb = os.environ.get("PLUGFORMER_TRACEBACK", "") not in ("", "0")
+    if "--traceback" in args:
+        show_tb = True
+        args.remove("--traceback")
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, overrides = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"plugformer: error: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    try:
+        return COMMANDS[command](overrides)
+    except PlugformerError as exc:
+        if show_tb:
+            traceback.print_exc()
+        print(f"plugformer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,222 @@
+"""Hydra composition. The only core module (with the CLI) that touches Hydra or OmegaConf.
+
+One config group per selectable registry kind (:data:`GROUP_KINDS`), one option per registered
+name, stored in Hydra's ConfigStore from the registry (no YAML needed for a plugin). The YAML
+files under ``conf/`` only set values; options are selected by name through the registry, and no
+``_target_`` is ever instantiated, so a config file cannot import and call code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
+from omegaconf.errors import ValidationError as OmegaValidationError
+
+from plugformer.core.attention import AttentionConfig
+from plugformer.core.errors import ConfigError, UnknownNameError
+from plugformer.core.loader import Plugins, PluginSettings, get_plugins
+from plugformer.core.model.spec import ModelSpec
+from plugformer.core.parallel import ParallelConfig
+from plugformer.core.positional import PositionalConfig
+from plugformer.core.quant import QuantConfig
+from plugformer.core.registry import Registry
+from plugformer.core.sampler import SamplerConfig
+from plugformer.core.sampling import sampler_options
+
+#: Registry kinds that are config groups (``attention=gqa``). Model families and checkpoint
+#: formats are chosen inside the model config (``model.family``, ``model.format``).
+GROUP_KINDS = ("attention", "positional", "sampler", "parallel", "quant")
+CONFIG_MODULE = "plugformer.conf"
+SCHEMA_NAME = "plugformer_schema"
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` group: a named model of the zoo (``conf/model/*.yaml``) or a path."""
+
+    name: str = "tiny"
+    path: str | None = None  # a checkpoint file or directory
+    family: str | None = None  # model-family plugin; None: detect from the checkpoint
+    format: str | None = None  # checkpoint-format plugin; None: detect from the path
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    seed: int = 0  # random weights when there is no checkpoint
+    spec: ModelSpec = field(default_factory=ModelSpec)
+
+
+@dataclass
+class Config:
+    """The composed configuration, as plain dataclasses (what ``plugformer.compose`` returns)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    positional: PositionalConfig = field(default_factory=PositionalConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    prompt: str | None = None
+    max_new_tokens: int = 32
+    seed: int = 0
+    device: str = "cpu"
+
+
+def sync_config_store(registry: Registry) -> None:
+    """Make the group options in Hydra's ConfigStore exactly the registry's entries."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=Config)
+    samplers = sampler_options(registry)
+    for kind in GROUP_KINDS:
+        store.repo.pop(kind, None)
+        for entry in registry.entries(kind):
+            node = samplers[entry.name] if kind == "sampler" else entry.config
+            store.store(group=kind, name=entry.name, node=node)
+
+
+def model_names() -> list[str]:
+    """Names of the model zoo (``conf/model/*.yaml``)."""
+    folder = resources.files(CONFIG_MODULE) / "model"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse(overrides: list[str]) -> list[Any]:
+    try:
+        return OverridesParser.create().parse_overrides(overrides=list(overrides))
+    except HydraException as exc:
+        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
+
+
+def plugin_settings(overrides: list[str]) -> PluginSettings:
+    """``plugins.block`` / ``plugins.autoload`` from overrides; read before plugins load."""
+    settings = PluginSettings()
+    for o in _parse(overrides):
+        key = o.key_or_group
+        if key == "plugins.block":
+            value = o.value()
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"plugins.block: expected a list of plugin names, got {value!r}")
+            settings.block = list(value)
+        elif key == "plugins.autoload":
+            value = o.value()
+            if not isinstance(value, bool):
+                raise ConfigError(f"plugins.autoload: expected a boolean, got {value!r}")
+            settings.autoload = value
+    return settings
+
+
+def _check_choices(overrides: list[str], registry: Registry) -> None:
+    for o in _parse(overrides):
+        key = o.key_or_group
+        if key in GROUP_KINDS or key == "model":
+            value = o.value()
+            valid = model_names() if key == "model" else registry.names(key)
+            if not isinstance(value, str):
+                raise ConfigError(f"{key}: expected one name out of {', '.join(valid)}")
+            if value not in valid:
+                raise UnknownNameError(key if key != "model" else "model", value, valid)
+
+
+def _keys_at(cfg: DictConfig, path: str) -> list[str]:
+    node: Any = cfg
+    for part in [p for p in path.split(".") if p]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return []
+        node = node[part]
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
+    """A one-line ConfigError naming the full key and what was expected."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if cause is None:
+        return ConfigError(str(exc).strip().splitlines()[0])
+    key = getattr(cause, "full_key", None) or "?"
+    msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        leaf = key.rsplit(".", 1)[-1]
+        others = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        try:
+            valid = _keys_at(_compose_raw(others), parent)
+        except Exception:
+            valid = []
+        text = f"{key}: unknown key"
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        if close:
+            text += f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?"
+        if valid:
+            text += f"{'' if close else '.'} Valid keys under {parent or 'the top level'}: "
+            text += ", ".join(valid)
+        return ConfigError(text)
+    if isinstance(cause, MissingMandatoryValue):
+        return ConfigError(f"{key}: missing value; set it with {key}=...")
+    if isinstance(cause, OmegaValidationError):
+        return ConfigError(f"{key}: {msg}")
+    return ConfigError(f"{key}: {msg}")
+
+
+def _compose_raw(overrides: list[str]) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def compose_dictconfig(overrides: list[str], plugins: Plugins | None = None) -> DictConfig:
+    """Compose the Hydra config for ``overrides`` (validated, errors as :class:`ConfigError`)."""
+    overrides = list(overrides)
+    plugins = plugins or get_plugins(plugin_settings(overrides))
+    sync_config_store(plugins.registry)
+    _check_choices(overrides, plugins.registry)
+    try:
+        cfg = _compose_raw(overrides)
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise _explain(exc, overrides) from exc
+    return cfg
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Plain dataclasses from a composed DictConfig."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, []) from exc
+    assert isinstance(obj, Config)
+    return obj
+
+
+def compose(overrides: list[str] | None = None) -> Config:
+    """The configuration for Hydra ``overrides`` as plain dataclasses (the Python API)."""
+    return to_config(compose_dictconfig(list(overrides or [])))
+
+
+def to_yaml(config: Config | DictConfig) -> str:
+    """The config as YAML text."""
+    node = config if isinstance(config, DictConfig) else OmegaConf.structured(config)
+    return OmegaConf.to_yaml(node)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass config as a plain dict."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,58 @@
+"""Typed errors. Every error a user can cause is a :class:`PlugformerError` with a one-line message."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PlugformerError(Exception):
+    """Base class of every error plugformer raises on purpose (bad input, refused plugin, ...)."""
+
+    exit_code = 1
+
+
+class ConfigError(PlugformerError, ValueError):
+    """A configuration value, key or override is wrong; the message names the full key."""
+
+    exit_code = 2
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name was looked up in a registry (or another closed set) and is not there."""
+
+    def __init__(self, what: str, name: str, valid: Iterable[str]) -> None:
+        self.what = what
+        self.name = name
+        self.valid = sorted(valid)
+        msg = f"unknown {what} {name!r}"
+        close = difflib.get_close_matches(name, self.valid, n=1)
+        if close:
+            msg += f"; did you mean {close[0]!r}?"
+        msg += f" Valid names: {', '.join(self.valid) if self.valid else '(none registered)'}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return str(self.args[0])
+
+
+class DuplicateNameError(PlugformerError, ValueError):
+    """A plugin tried to register a name that is already taken in that registry."""
+
+
+class PluginError(PlugformerError):
+    """A plugin failed to load or to register; the message names the plugin and its distribution."""
+
+
+class RefusedError(PlugformerError):
+    """A plugin cannot run with the given configuration; the message lists its reasons."""
+
+    def __init__(self, kind: str, name: str, reasons: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.reasons = list(reasons)
+        super().__init__(f"{kind} {name!r} refused: " + "; ".join(self.reasons))
+
+
+class ValidationError(PlugformerError, ValueError):
+    """A runtime argument (a prompt, a token id, a sampling parameter) is out of range."""

@@ -1,0 +1,189 @@
+"""Plugin loading: built-ins first, then entry points, then plugins registered from Python.
+
+Environment variables:
+
+* ``PLUGFORMER_DISABLE_PLUGIN_AUTOLOAD=1`` — do not load entry-point plugins;
+* ``PLUGFORMER_BLOCK_PLUGINS=a,b`` — block plugins by plugin name or distribution name
+  (added to ``plugins.block`` from the config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from plugformer.core import hookspec as hookspec_module
+from plugformer.core.errors import PluginError, PlugformerError
+from plugformer.core.registry import BUILTIN, Registry, Source
+
+ENTRY_POINT_GROUP = "plugformer.plugins"
+ENV_DISABLE_AUTOLOAD = "PLUGFORMER_DISABLE_PLUGIN_AUTOLOAD"
+ENV_BLOCK = "PLUGFORMER_BLOCK_PLUGINS"
+
+#: Built-in plugin modules, loaded first, in this order.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "plugformer.plugins.attention.mha",
+    "plugformer.plugins.attention.gqa",
+    "plugformer.plugins.positional.rope",
+    "plugformer.plugins.positional.alibi",
+    "plugformer.plugins.positional.none",
+    "plugformer.plugins.sampling.greedy",
+    "plugformer.plugins.sampling.temperature",
+    "plugformer.plugins.sampling.top_k",
+    "plugformer.plugins.sampling.top_p",
+    "plugformer.plugins.parallel.single",
+    "plugformer.plugins.quant.none",
+)
+
+
+@dataclass
+class PluginSettings:
+    """The ``plugins`` section of the config."""
+
+    block: list[str] = field(default_factory=list)  # plugin or distribution names
+    autoload: bool = True  # load third-party entry points
+
+
+@dataclass
+class Plugins:
+    """A loaded plugin manager and the registry its plugins filled."""
+
+    manager: pluggy.PluginManager
+    registry: Registry
+    blocked: frozenset[str]
+    loaded: list[tuple[str, Source]]  # (plugin name, source) in load order
+
+
+_user_plugins: list[tuple[Any, str]] = []
+_cache: dict[tuple[frozenset[str], bool], Plugins] = {}
+
+
+def _env_block() -> set[str]:
+    return {n.strip() for n in os.environ.get(ENV_BLOCK, "").split(",") if n.strip()}
+
+
+def _env_autoload() -> bool:
+    return os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
+
+
+def _register(plugins: Plugins, obj: Any, name: str, source: Source) -> None:
+    try:
+        with plugins.registry.source(source):
+            plugins.manager.register(obj, name=name)
+    except PlugformerError as exc:
+        raise PluginError(f"plugin {name!r} ({_describe(source)}) failed to register: {exc}") from exc
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} ({_describe(source)}) is invalid: {exc}") from exc
+    except Exception as exc:  # a broken third-party plugin: name it, never skip it
+        raise PluginError(
+            f"plugin {name!r} ({_describe(source)}) failed to register: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    plugins.loaded.append((name, source))
+
+
+def _describe(source: Source) -> str:
+    if source.origin == "distribution":
+        return f"distribution {source.distribution} {source.version}"
+    return source.origin
+
+
+def _load_entry_point(ep: EntryPoint) -> tuple[Any, Source]:
+    dist = getattr(ep, "dist", None)
+    source = Source(
+        "distribution",
+        ep.name,
+        dist.name if dist is not None else "<unknown>",
+        dist.version if dist is not None else "?",
+    )
+    try:
+        return ep.load(), source
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {ep.name!r} ({_describe(source)}) failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_plugins(block: Iterable[str] = (), autoload: bool = True) -> Plugins:
+    """A fresh plugin manager with built-ins, entry points (unless ``autoload`` is off or the
+    environment disables it) and plugins registered with :func:`register`, minus blocked ones."""
+    blocked = frozenset(block) | _env_block()
+    autoload = autoload and _env_autoload()
+    manager = pluggy.PluginManager(hookspec_module.PROJECT_NAME)
+    manager.add_hookspecs(hookspec_module)
+    registry = Registry()
+    plugins = Plugins(manager, registry, blocked, [])
+    for name in blocked:
+        manager.set_blocked(name)
+    # historic: every plugin registered from now on is called with this registry at once
+    manager.hook.plugformer_register.call_historic(kwargs={"registry": registry})
+
+    for module_name in BUILTIN_PLUGINS:
+        if module_name in blocked:
+            continue
+        _register(
+            plugins,
+            importlib.import_module(module_name),
+            module_name,
+            dataclasses.replace(BUILTIN, plugin=module_name),
+        )
+
+    if autoload:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            if ep.name in blocked or (dist is not None and dist.name in blocked):
+                continue
+            obj, source = _load_entry_point(ep)
+            _register(plugins, obj, ep.name, source)
+
+    for obj, name in _user_plugins:
+        if name not in blocked:
+            _register(plugins, obj, name, Source("local", name))
+
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugin = manager.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin {plugin!r} implements an unknown hook: {exc}") from exc
+    return plugins
+
+
+def get_plugins(settings: PluginSettings | None = None) -> Plugins:
+    """The shared, cached plugin manager for these settings (loaded on first use)."""
+    settings = settings or PluginSettings()
+    key = (frozenset(settings.block) | _env_block(), settings.autoload and _env_autoload())
+    if key not in _cache:
+        _cache[key] = load_plugins(key[0], key[1])
+    return _cache[key]
+
+
+def register(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object (a module or any object with ``@hookimpl`` functions) from
+    Python; it joins every loaded and every future plugin manager. Returns its name."""
+    name = name or getattr(plugin, "__name__", None) or f"local-{id(plugin):x}"
+    if any(existing is plugin for existing, _ in _user_plugins):
+        return name
+    for loaded in _cache.values():
+        if name not in loaded.blocked:
+            _register(loaded, plugin, name, Source("local", name))
+            try:
+                loaded.manager.check_pending()
+            except pluggy.PluginValidationError as exc:
+                loaded.manager.unregister(plugin)
+                raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
+    _user_plugins.append((plugin, name))
+    return name
+
+
+def reset() -> None:
+    """Forget plugins registered from Python and every cached plugin manager (for tests)."""
+    _user_plugins.clear()
+    _cache.clear()

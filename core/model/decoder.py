@@ -1,0 +1,167 @@
+"""The generic decoder: embedding, blocks of norm -> attention -> residual -> norm -> MLP ->
+residual, final norm, head. Attention kernels and positional encodings come from plugins.
+
+Missing parts pass through (``embed``, ``norm`` or ``head`` set to None), so a pipeline stage is
+the same model with layers removed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from plugformer.core.attention import Attention
+from plugformer.core.model.kv_cache import KVCache
+from plugformer.core.model.layers import MLP, make_norm
+from plugformer.core.model.spec import ModelSpec
+from plugformer.core.positional import PositionalEncoding
+
+
+@dataclass
+class ForwardContext:
+    """Computed once per forward pass and shared by every layer."""
+
+    bias: torch.Tensor  # [B, 1|H, S, T] additive attention mask
+    rotary: Any  # positional state from PositionalEncoding.prepare
+    cache: KVCache | None
+    slots: torch.Tensor | None  # [S] cache slots of the new tokens
+
+
+class SelfAttention(nn.Module):
+    """q/k/v/o projections around a plugin attention kernel."""
+
+    def __init__(
+        self, spec: ModelSpec, layer: int, kernel: Attention, positional: PositionalEncoding
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.kernel = kernel
+        self.positional = positional
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            spec.num_heads,
+            spec.kv_heads,
+            spec.dim_per_head,
+        )
+        h, bias = spec.hidden_size, spec.attention_bias
+        self.wq = nn.Linear(h, self.num_heads * self.head_dim, bias=bias)
+        self.wk = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
+        self.wv = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
+        self.wo = nn.Linear(self.num_heads * self.head_dim, h, bias=spec.attention_out_bias)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        b, s, _ = x.shape  # x: [B, S, hidden]
+        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
+        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        q, k = self.positional.rotate(q, k, ctx.rotary)
+        if ctx.cache is not None and ctx.slots is not None:
+            k, v = ctx.cache.update(self.layer, ctx.slots, k, v)  # [B, Hkv, T, D]
+        out = self.kernel(q, k, v, ctx.bias)  # [B, Hq, S, D]
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
+
+
+class Block(nn.Module):
+    """One decoder layer (sequential or parallel attention/MLP)."""
+
+    def __init__(
+        self, spec: ModelSpec, layer: int, kernel: Attention, positional: PositionalEncoding
+    ) -> None:
+        super().__init__()
+        self.parallel = spec.parallel_block
+        self.attn_norm = make_norm(spec)
+        self.attn = SelfAttention(spec, layer, kernel, positional)
+        self.mlp_norm = None if spec.parallel_block else make_norm(spec)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        # x: [B, S, hidden]
+        h = self.attn_norm(x)
+        if self.parallel:
+            return x + self.attn(h, ctx) + self.mlp(h)
+        x = x + self.attn(h, ctx)
+        assert self.mlp_norm is not None
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Decoder(nn.Module):
+    """A decoder-only transformer assembled from a :class:`ModelSpec` and plugin parts."""
+
+    def __init__(self, spec: ModelSpec, kernel: Attention, positional: PositionalEncoding) -> None:
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        self.positional = positional
+        self.embed: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.embed_norm = make_norm(spec) if spec.embedding_norm else None
+        self.layers = nn.ModuleList(
+            Block(spec, i, kernel, positional) for i in range(spec.num_layers)
+        )
+        self.norm: nn.Module | None = make_norm(spec)
+        self.head: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def init_weights(self, generator: torch.Generator, std: float = 0.02) -> None:
+        """Random weights for a model without a checkpoint (tests, ``model=tiny``)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.data.normal_(0.0, std, generator=generator)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.normal_(0.0, std, generator=generator)
+        for name, p in self.named_parameters():
+            if name.endswith("_norm.weight") or name == "norm.weight":
+                p.data.normal_(1.0, 0.1, generator=generator)
+
+    def _context(
+        self, positions: torch.Tensor, valid: torch.Tensor | None, cache: KVCache | None, dtype
+    ) -> ForwardContext:
+        if cache is not None:
+            slots = cache.advance(positions, valid)
+            k_pos = cache.slot_pos  # [B, T]
+        else:
+            slots = None
+            k_pos = positions if valid is None else positions.masked_fill(~valid, -1)
+        k_valid = k_pos >= 0  # [B, T]
+        allowed = k_valid.unsqueeze(1) & (k_pos.unsqueeze(1) <= positions.unsqueeze(2))  # [B,S,T]
+        # a padding query may see nothing: let it see everything instead of producing NaN
+        allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
+        bias = bias.masked_fill(~allowed, float("-inf")).unsqueeze(1)  # [B, 1, S, T]
+        extra = self.positional.bias(positions, k_pos)
+        if extra is not None:
+            bias = bias + extra.to(dtype)  # [B, H, S, T]
+        return ForwardContext(bias, self.positional.prepare(positions), cache, slots)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids [B, S] (or hidden states [B, S, hidden] when ``embed`` is None) at
+        ``positions`` [B, S] (default 0..S-1) -> logits [B, S, vocab] (or hidden states when
+        ``head`` is None). ``valid`` [B, S] marks real tokens (False: padding)."""
+        h = self.embed(x) if self.embed is not None else x  # [B, S, hidden]
+        if self.embed_norm is not None and self.embed is not None:
+            h = self.embed_norm(h)
+        b, s = h.shape[:2]
+        if positions is None:
+            positions = torch.arange(s, device=h.device).expand(b, s)
+        ctx = self._context(positions, valid, cache, h.dtype)
+        for block in self.layers:
+            h = block(h, ctx)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.head(h) if self.head is not None else h
+
+
+def default_scale(spec: ModelSpec) -> float:
+    """The softmax scale of a spec: its ``attention_scale`` or 1/sqrt(head_dim)."""
+    if spec.attention_scale is not None:
+        return spec.attention_scale
+    return 1.0 / math.sqrt(spec.dim_per_head)

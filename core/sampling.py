@@ -1,0 +1,124 @@
+"""The sampler chain: builds the active sampler plugins from sampling params and draws tokens.
+
+Sampling params are one flat dataclass: the union of every registered sampler's knobs (each
+plugin's config fields), with the selected option's defaults. See :mod:`plugformer.core.sampler`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import torch
+
+from plugformer.core.errors import PluginError, ValidationError
+from plugformer.core.registry import Registry
+from plugformer.core.sampler import Sampler, SamplerConfig, SamplingContext
+
+
+def _off_value(f: dataclasses.Field) -> Any:
+    """A knob's neutral value: ``metadata["off"]`` when its default is active, else the default."""
+    if "off" in f.metadata:
+        return f.metadata["off"]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
+
+
+def sampler_knobs(registry: Registry) -> dict[str, tuple[Any, Any, str]]:
+    """Every sampler knob: name -> (type, neutral value, first plugin that declares it)."""
+    knobs: dict[str, tuple[Any, Any, str]] = {}
+    for entry in registry.entries("sampler"):
+        hints = typing.get_type_hints(entry.config)
+        for f in dataclasses.fields(entry.config):
+            if f.name == "name":
+                continue
+            off = _off_value(f)
+            if f.name in knobs:
+                tp, other_off, owner = knobs[f.name]
+                if tp != hints[f.name] or other_off != off:
+                    raise PluginError(
+                        f"sampler {entry.name!r} declares knob {f.name!r} as {hints[f.name]} "
+                        f"(off={off!r}), but sampler {owner!r} declared it as {tp} "
+                        f"(off={other_off!r})"
+                    )
+                continue
+            knobs[f.name] = (hints[f.name], off, entry.name)
+    return knobs
+
+
+def sampler_options(registry: Registry) -> dict[str, type]:
+    """One params dataclass per registered sampler: every knob, neutral unless that sampler
+    declares it, in which case it has that sampler's default."""
+    knobs = sampler_knobs(registry)
+    options = {}
+    for entry in registry.entries("sampler"):
+        own = {f.name: f for f in dataclasses.fields(entry.config) if f.name != "name"}
+        fields: list[Any] = [("name", str, dataclasses.field(default=entry.name))]
+        for knob, (tp, off, _) in knobs.items():
+            f = own.get(knob)
+            if f is not None and f.default is dataclasses.MISSING:
+                if f.default_factory is dataclasses.MISSING:
+                    fields.append((knob, tp, dataclasses.field(default="???")))
+                else:
+                    fields.append((knob, tp, dataclasses.field(default_factory=f.default_factory)))
+                continue
+            value = f.default if f is not None else off
+            if isinstance(value, (list, dict)):
+                fields.append((knob, tp, dataclasses.field(default_factory=lambda v=value: v)))
+            else:
+                fields.append((knob, tp, dataclasses.field(default=value)))
+        options[entry.name] = dataclasses.make_dataclass(
+            f"SamplingParams_{entry.name}", fields, bases=(SamplerConfig,)
+        )
+    return options
+
+
+def with_overrides(params: Any, overrides: dict[str, Any]) -> Any:
+    """``params`` with per-request knob values; an unknown knob is a :class:`ValidationError`."""
+    known = {f.name for f in dataclasses.fields(params)} - {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValidationError(
+            f"unknown sampling parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(params, **overrides) if overrides else params
+
+
+class SamplerChain:
+    """The active samplers for ``params``, in priority order; validated on construction."""
+
+    def __init__(self, registry: Registry, params: Any) -> None:
+        self.params = params
+        built: list[Sampler] = []
+        for entry in registry.entries("sampler"):
+            sampler = entry.builder(params)
+            if sampler is None:
+                continue
+            reasons = list(sampler.check())
+            if reasons:
+                raise ValidationError("; ".join(reasons))
+            built.append(sampler)
+        self.samplers = sorted(built, key=lambda s: s.priority)
+
+    @property
+    def names(self) -> list[str]:
+        return [type(s).__name__ for s in self.samplers]
+
+    def process(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
+        """Run the chain over logits [B, V]; returns processed float32 logits [B, V]."""
+        if not torch.isfinite(logits).all():
+            bad = "NaN" if torch.isnan(logits).any() else "infinite"
+            raise ValidationError(f"the model produced {bad} logits; generation stopped")
+        logits = logits.float()
+        for sampler in self.samplers:
+            logits = sampler(logits, ctx)
+        return logits
+
+    def sample(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
+        """Next token ids [B] drawn from the processed logits [B, V]."""
+        probs = torch.softmax(self.process(logits, ctx), dim=-1)
+        if not torch.isfinite(probs).all():
+            raise ValidationError("sampling produced an invalid distribution (all tokens masked)")
+        return torch.multinomial(probs, 1, generator=ctx.generator).squeeze(-1)

@@ -1,0 +1,2 @@
+"""Built-in plugins. Each module is one plugin, named like its registry name; a plugin imports
+``torch`` and ``plugformer.core`` only."""

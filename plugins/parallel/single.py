@@ -1,0 +1,50 @@
+"""Single-process execution: no parallelism, the whole model in one process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from plugformer.core import hookimpl
+from plugformer.core.model.spec import ModelSpec
+from plugformer.core.parallel import ParallelConfig
+
+
+@dataclass
+class SingleConfig(ParallelConfig):
+    name: str = "single"
+
+
+class Single:
+    """Runs the model as it is, on one process."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, config: SingleConfig, spec: ModelSpec) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world.isdigit() and int(world) > 1:
+            return [
+                f"launched with WORLD_SIZE={world} but parallel=single runs one process; "
+                "choose a parallel strategy such as parallel=tensor"
+            ]
+        return []
+
+    def setup(self) -> None:
+        return None
+
+    def parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def teardown(self) -> None:
+        return None
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("parallel", "single", Single, SingleConfig)

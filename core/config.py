@@ -143,6 +143,33 @@ def _keys_at(cfg: DictConfig, path: str) -> list[str]:
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
+def _reject_extra_keys(node: Any, path: str = "") -> None:
+    """Keys a ``+key=value`` override added beside a dataclass's fields would be dropped
+    silently by the conversion to dataclasses; refuse them instead (``_target_`` included)."""
+    if not isinstance(node, DictConfig):
+        return
+    kind = OmegaConf.get_type(node)
+    fields = (
+        {f.name for f in dataclasses.fields(kind)}
+        if kind is not None and dataclasses.is_dataclass(kind)
+        else None
+    )
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if str(key) == "_target_":
+            raise ConfigError(
+                f"{full}: _target_ is not allowed; options are chosen by name through the registry"
+            )
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{full}: unknown key{hint}{'' if hint else '.'} "
+                f"Valid keys: {', '.join(sorted(fields))}"
+            )
+        _reject_extra_keys(node._get_node(key), full)
+
+
 def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
     """A one-line ConfigError naming the full key and what was expected."""
     cause: BaseException | None = exc
@@ -190,6 +217,7 @@ def compose_dictconfig(overrides: list[str], plugins: Plugins | None = None) -> 
     _check_choices(overrides, plugins.registry)
     try:
         cfg = _compose_raw(overrides)
+        _reject_extra_keys(cfg)
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _explain(exc, overrides) from exc

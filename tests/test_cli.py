@@ -1,0 +1,57 @@
+"""The command line: plugins table, composed config, generate on the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from plugformer.core.cli import main
+
+
+def test_plugins_table_lists_builtins(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["KIND", "NAME", "SOURCE", "VERSION", "PLUGIN"]
+    rows = {tuple(line.split()[:3]) for line in out[1:]}
+    for kind, name in [("attention", "gqa"), ("attention", "mha"), ("positional", "rope"),
+                       ("positional", "alibi"), ("positional", "none"), ("sampler", "greedy"),
+                       ("sampler", "temperature"), ("sampler", "top_k"), ("sampler", "top_p"),
+                       ("parallel", "single"), ("quant", "none")]:
+        assert (kind, name, "builtin") in rows
+
+
+def test_config_prints_the_composition(capsys):
+    assert main(["config", "attention=mha", "positional=alibi", "seed=5"]) == 0
+    out = capsys.readouterr().out
+    assert "attention:\n  name: mha\n" in out
+    assert "positional:\n  name: alibi\n  max_bias: 8.0\n" in out
+    assert "\nseed: 5\n" in out
+
+
+def test_generate_is_deterministic_and_matches_the_api(capsys):
+    import plugformer
+
+    assert main(["generate", "prompt=hello", "max_new_tokens=6"]) == 0
+    printed = capsys.readouterr().out
+    engine = plugformer.Engine.from_overrides(["max_new_tokens=6"])
+    result = engine.generate("hello")
+    assert printed == result.text + "\n"
+    assert len(result.token_ids) == 6 or result.finish_reason == "stop"
+
+
+def test_refusal_is_one_line_exit_1_and_traceback_on_request():
+    cmd = [sys.executable, "-m", "plugformer", "generate", "prompt=hi", "attention=mha"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "plugformer: error: attention 'mha' refused: mha needs as many KV heads as heads, got "
+        "num_kv_heads=2 and num_heads=4; use attention=gqa"
+    ]
+    proc = subprocess.run([*cmd, "--traceback"], capture_output=True, text=True, timeout=120)
+    assert "Traceback (most recent call last)" in proc.stderr
+
+
+def test_unknown_command_and_help():
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert main(["frobnicate"]) == 2

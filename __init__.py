@@ -13,8 +13,8 @@ from plugformer.core.config import Config, ModelConfig, compose
 from plugformer.core.engine import Engine, Generation
 from plugformer.core.errors import (
     ConfigError,
-    PluginError,
     PlugformerError,
+    PluginError,
     RefusedError,
     UnknownNameError,
     ValidationError,
@@ -30,8 +30,8 @@ __all__ = [
     "Engine",
     "Generation",
     "ModelConfig",
-    "PluginError",
     "PlugformerError",
+    "PluginError",
     "RefusedError",
     "UnknownNameError",
     "ValidationError",

@@ -140,7 +140,7 @@ def _keys_at(cfg: DictConfig, path: str) -> list[str]:
         if not isinstance(node, DictConfig) or part not in node:
             return []
         node = node[part]
-    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+    return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
 
 
 def _reject_extra_keys(node: Any, path: str = "") -> None:
@@ -154,14 +154,15 @@ def _reject_extra_keys(node: Any, path: str = "") -> None:
         if kind is not None and dataclasses.is_dataclass(kind)
         else None
     )
-    for key in node.keys():
-        full = f"{path}.{key}" if path else str(key)
-        if str(key) == "_target_":
+    for key in node:
+        key = str(key)
+        full = f"{path}.{key}" if path else key
+        if key == "_target_":
             raise ConfigError(
                 f"{full}: _target_ is not allowed; options are chosen by name through the registry"
             )
         if fields is not None and key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
             hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
             raise ConfigError(
                 f"{full}: unknown key{hint}{'' if hint else '.'} "

@@ -121,8 +121,7 @@ class Engine:
             )
         if ids.shape[1] > self.spec.max_seq_len:
             raise ValidationError(
-                f"token_ids: {ids.shape[1]} tokens exceed the context of "
-                f"{self.spec.max_seq_len}"
+                f"token_ids: {ids.shape[1]} tokens exceed the context of {self.spec.max_seq_len}"
             )
         return ids.to(device=self.device, dtype=torch.long)
 
@@ -146,7 +145,9 @@ class Engine:
         (returns a list). ``sampling_params`` override the configured sampler's knobs for
         this request (``temperature=0.7, top_p=0.9``); ``seed`` fixes the draw."""
         single = isinstance(prompt_or_prompts, str)
-        prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
+        prompts: list[str] = (
+            [prompt_or_prompts] if isinstance(prompt_or_prompts, str) else list(prompt_or_prompts)
+        )
         if not prompts or not all(isinstance(p, str) and p for p in prompts):
             raise ValidationError("prompt: expected a non-empty string or a list of them")
         max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens

@@ -1,4 +1,4 @@
-"""Typed errors. Every error a user can cause is a :class:`PlugformerError` with a one-line message."""
+"""Typed errors: every error a user can cause is a one-line :class:`PlugformerError`."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from plugformer.core import hookspec as hookspec_module
-from plugformer.core.errors import PluginError, PlugformerError
+from plugformer.core.errors import PlugformerError, PluginError
 from plugformer.core.registry import BUILTIN, Registry, Source
 
 ENTRY_POINT_GROUP = "plugformer.plugins"
@@ -78,13 +78,14 @@ def _register(plugins: Plugins, obj: Any, name: str, source: Source) -> None:
         with plugins.registry.source(source):
             plugins.manager.register(obj, name=name)
     except PlugformerError as exc:
-        raise PluginError(f"plugin {name!r} ({_describe(source)}) failed to register: {exc}") from exc
+        raise PluginError(
+            f"plugin {name!r} ({_describe(source)}) failed to register: {exc}"
+        ) from exc
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name!r} ({_describe(source)}) is invalid: {exc}") from exc
     except Exception as exc:  # a broken third-party plugin: name it, never skip it
         raise PluginError(
-            f"plugin {name!r} ({_describe(source)}) failed to register: "
-            f"{type(exc).__name__}: {exc}"
+            f"plugin {name!r} ({_describe(source)}) failed to register: {type(exc).__name__}: {exc}"
         ) from exc
     plugins.loaded.append((name, source))
 

@@ -71,7 +71,10 @@ class Entry:
 
 
 class Registry:
-    """All registries, by kind. Plugins call :meth:`register`; the core calls :meth:`get`/:meth:`build`."""
+    """All registries, by kind.
+
+    Plugins call :meth:`register`; the core calls :meth:`get` and :meth:`build`.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -153,7 +156,7 @@ class Registry:
         obj = entry.builder(config, *context)
         reasons = list(obj.check())
         if reasons:
-            raise RefusedError(kind, config.name, reasons)
+            raise RefusedError(kind, entry.name, reasons)
         return obj
 
     def add_listener(self, listener: Callable[[Entry], None]) -> None:

@@ -6,6 +6,7 @@ plugin's config fields), with the selected option's defaults. See :mod:`plugform
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any
@@ -24,6 +25,10 @@ def _off_value(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
+
+
+def _copier(value: Any) -> Any:
+    return lambda: copy.deepcopy(value)
 
 
 def sampler_knobs(registry: Registry) -> dict[str, tuple[Any, Any, str]]:
@@ -66,7 +71,7 @@ def sampler_options(registry: Registry) -> dict[str, type]:
                 continue
             value = f.default if f is not None else off
             if isinstance(value, (list, dict)):
-                fields.append((knob, tp, dataclasses.field(default_factory=lambda v=value: v)))
+                fields.append((knob, tp, dataclasses.field(default_factory=_copier(value))))
             else:
                 fields.append((knob, tp, dataclasses.field(default=value)))
         options[entry.name] = dataclasses.make_dataclass(

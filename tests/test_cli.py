@@ -13,10 +13,19 @@ def test_plugins_table_lists_builtins(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["KIND", "NAME", "SOURCE", "VERSION", "PLUGIN"]
     rows = {tuple(line.split()[:3]) for line in out[1:]}
-    for kind, name in [("attention", "gqa"), ("attention", "mha"), ("positional", "rope"),
-                       ("positional", "alibi"), ("positional", "none"), ("sampler", "greedy"),
-                       ("sampler", "temperature"), ("sampler", "top_k"), ("sampler", "top_p"),
-                       ("parallel", "single"), ("quant", "none")]:
+    for kind, name in [
+        ("attention", "gqa"),
+        ("attention", "mha"),
+        ("positional", "rope"),
+        ("positional", "alibi"),
+        ("positional", "none"),
+        ("sampler", "greedy"),
+        ("sampler", "temperature"),
+        ("sampler", "top_k"),
+        ("sampler", "top_p"),
+        ("parallel", "single"),
+        ("quant", "none"),
+    ]:
         assert (kind, name, "builtin") in rows
 
 

@@ -101,7 +101,9 @@ def test_registry_kinds_are_frozen():
 def test_interfaces_are_frozen():
     for proto, methods in FROZEN_PROTOCOLS.items():
         own = sorted(
-            n for n, v in vars(proto).items() if callable(v) and (not n.startswith("_") or n == "__call__")
+            n
+            for n, v in vars(proto).items()
+            if callable(v) and (not n.startswith("_") or n == "__call__")
         )
         assert own == methods, proto.__name__
 

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_package_directory_is_listed_in_pyproject():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     on_disk = {"plugformer"}
     for top in ("core", "plugins", "conf"):
         for init in (ROOT / top).rglob("__init__.py"):
@@ -29,8 +31,18 @@ def test_every_package_directory_is_listed_in_pyproject():
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
         check=True,
     )
     (found,) = out.glob("plugformer-*.whl")
@@ -60,7 +72,9 @@ def test_wheel_installs_into_a_fresh_venv(wheel: Path, tmp_path: Path):
     site = Path(
         subprocess.run(
             [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     )
     # the heavy dependencies (torch, hydra ...) come from the test environment's site-packages
@@ -85,6 +99,10 @@ def test_wheel_installs_into_a_fresh_venv(wheel: Path, tmp_path: Path):
     assert out[2] == "None None"
     cli = subprocess.run(
         [str(venv / "bin" / "plugformer"), "config", "model.seed=7"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert "seed: 7" in cli.stdout

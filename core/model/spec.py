@@ -1,4 +1,4 @@
-"""The generic decoder's architecture description: plain data, validated before anything is built."""
+"""The generic decoder's architecture: plain data, validated before anything is built."""
 
 from __future__ import annotations
 
@@ -58,11 +58,13 @@ class ModelSpec:
                 f"{where}.num_layers: {self.num_layers} is absurd (at most {MAX_LAYERS})"
             )
         if self.max_seq_len <= 0:
-            raise ConfigError(f"{where}.max_seq_len: expected a positive integer, got "
-                              f"{self.max_seq_len!r}")
+            raise ConfigError(
+                f"{where}.max_seq_len: expected a positive integer, got {self.max_seq_len!r}"
+            )
         if self.num_kv_heads is not None and self.num_kv_heads <= 0:
-            raise ConfigError(f"{where}.num_kv_heads: expected a positive integer, got "
-                              f"{self.num_kv_heads!r}")
+            raise ConfigError(
+                f"{where}.num_kv_heads: expected a positive integer, got {self.num_kv_heads!r}"
+            )
         if self.num_heads % self.kv_heads:
             raise ConfigError(
                 f"{where}.num_kv_heads: {self.kv_heads} does not divide "
@@ -74,8 +76,9 @@ class ModelSpec:
                 f"{where}.num_heads={self.num_heads}"
             )
         if self.head_dim is not None and self.head_dim <= 0:
-            raise ConfigError(f"{where}.head_dim: expected a positive integer, got "
-                              f"{self.head_dim!r}")
+            raise ConfigError(
+                f"{where}.head_dim: expected a positive integer, got {self.head_dim!r}"
+            )
         if self.norm not in NORMS:
             raise ConfigError(f"{where}.norm: {self.norm!r} is not one of {', '.join(NORMS)}")
         if self.mlp not in MLPS:

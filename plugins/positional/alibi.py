@@ -45,6 +45,7 @@ class ALiBi(nn.Module):
         super().__init__()
         self.config = config
         self.dims = dims
+        self.slopes: torch.Tensor
         self.register_buffer(
             "slopes", alibi_slopes(max(dims.num_heads, 1), config.max_bias), persistent=False
         )

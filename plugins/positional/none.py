@@ -1,4 +1,4 @@
-"""No positional encoding (NoPE; Kazemnejad et al., 2023, arXiv:2305.19466): causal masking alone."""
+"""No positional encoding (NoPE; Kazemnejad et al., 2023, arXiv:2305.19466): causal mask only."""
 
 from __future__ import annotations
 

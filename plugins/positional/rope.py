@@ -35,6 +35,7 @@ class RoPE(nn.Module):
         half = max(self.rotary_dim // 2, 1)
         exponents = torch.arange(0, half, dtype=torch.float32) * 2 / max(self.rotary_dim, 1)
         inv_freq = 1.0 / (float(config.theta) ** exponents)  # [rd/2]
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def check(self) -> list[str]:

@@ -30,7 +30,12 @@ class TopP:
 
     def check(self) -> list[str]:
         p = self.p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0 < p <= 1:
+        if (
+            isinstance(p, bool)
+            or not isinstance(p, (int, float))
+            or math.isnan(p)
+            or not 0 < p <= 1
+        ):
             return [f"top_p must be in (0, 1], got {p!r}"]
         return []
 
@@ -51,6 +56,7 @@ class TopP:
         drop_sorted[..., -1] = False
         drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, indices, drop_sorted)
         return logits.masked_fill(drop, float("-inf"))
+
 
 def build(params: Any) -> TopP | None:
     p = knob(params, "top_p", 1.0)

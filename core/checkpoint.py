@@ -9,6 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from plugformer.core.tokenizer import Tokenizer
+
 
 @dataclass
 class CheckpointConfig:
@@ -19,9 +21,16 @@ class CheckpointConfig:
 
 @runtime_checkable
 class Checkpoint(Protocol):
-    """An opened checkpoint: metadata first, tensors on demand."""
+    """An opened checkpoint: metadata first, tensors on demand.
+
+    Whatever the file format, a checkpoint speaks Hugging Face: ``hf_config`` has the keys of
+    a ``config.json`` (``architectures``, ``model_type``, ``hidden_size`` ...) and tensor names
+    are the HF ``transformers`` names (``model.layers.0.self_attn.q_proj.weight``), laid out
+    as transformers holds them, so a model family only ever maps HF onto the decoder.
+    """
 
     hf_config: dict[str, Any]  # config.json, or its equivalent from the file's metadata
+    generation_config: dict[str, Any]  # generation_config.json (or {}): eos_token_id ...
 
     def tensor_names(self) -> Iterator[str]:
         """Names of every tensor in the checkpoint, without reading their data."""
@@ -33,6 +42,14 @@ class Checkpoint(Protocol):
 
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor, memory-mapped where the format allows."""
+        ...
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's own tokenizer (with its chat template), or None when it has none."""
+        ...
+
+    def close(self) -> None:
+        """Release file handles and memory maps (tensors already returned stay valid)."""
         ...
 
 

@@ -12,13 +12,15 @@ class Tokenizer(Protocol):
     vocab_size: int
     bos_token_id: int | None
     eos_token_ids: list[int]
+    chat_template: str | None  # a Jinja template (rendered by plugformer.core.chat)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (with BOS where the model expects it)."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds BOS where the model expects it.
+        Special tokens written in the text (``<|im_start|>``) are recognised."""
         ...
 
-    def decode(self, ids: list[int]) -> str:
-        """Text of ``ids``; special tokens are skipped."""
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``."""
         ...
 
 
@@ -28,13 +30,23 @@ class ByteTokenizer:
     vocab_size = 258
     bos_token_id: int | None = 256
     eos_token_ids = [257]
+    chat_template: str | None = None
 
-    def __init__(self, add_bos: bool = True) -> None:
-        self.add_bos = add_bos
-
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = list(text.encode("utf-8"))
-        return [256, *ids] if self.add_bos else ids
+        return [256, *ids] if add_special_tokens else ids
 
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        names = {256: "<bos>", 257: "<eos>"}
+        parts: list[str] = []
+        run = bytearray()
+        for i in ids:
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            parts.append(run.decode("utf-8", errors="replace"))
+            run.clear()
+            if not skip_special_tokens:
+                parts.append(names.get(i, ""))
+        parts.append(run.decode("utf-8", errors="replace"))
+        return "".join(parts)

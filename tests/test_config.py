@@ -51,9 +51,9 @@ def test_sampler_options_share_every_knob_with_the_selected_defaults():
             "sampler.top_k: Value 'abc' of type 'str' could not be converted to Integer",
         ),
         (["model.spec.num_layers=1.5"], "model.spec.num_layers:"),
-        (["attention.impll=sdpa"], "attention.impll: unknown key; did you mean 'attention.impl'?"),
+        (["attention=gqa", "attention.impll=sdpa"], "attention.impll: unknown key; did you mean 'attention.impl'?"),
         (["promt=hi"], "promt: unknown key; did you mean 'prompt'?"),
-        (["attention=gqx"], "unknown attention 'gqx'; did you mean 'gqa'? Valid names: gqa, mha"),
+        (["attention=gqx"], "unknown attention 'gqx'; did you mean 'gqa'? Valid names: auto, gqa, mha"),
         (["model=tinyy"], "unknown model 'tinyy'; did you mean 'tiny'?"),
         (["max_new_tokens=[1"], "bad override"),
     ],
@@ -68,7 +68,7 @@ def test_bad_overrides_name_the_key(overrides, expected):
 def test_unknown_option_is_an_unknown_name_error():
     with pytest.raises(UnknownNameError) as info:
         plugformer.compose(["positional=alibii"])
-    assert info.value.valid == ["alibi", "none", "rope"]
+    assert info.value.valid == ["alibi", "auto", "none", "rope"]
 
 
 def test_no_target_anywhere_in_conf():
@@ -81,8 +81,8 @@ def test_a_target_in_an_override_is_not_instantiated(tmp_path):
     with pytest.raises(ConfigError, match="_target_ is not allowed"):
         plugformer.compose(["+attention._target_=os.system", f"+attention._args_=[touch {marker}]"])
     with pytest.raises(ConfigError, match=r"attention\.foo: unknown key"):
-        plugformer.compose(["+attention.foo=1"])  # never dropped silently
-    cfg = plugformer.compose([])
+        plugformer.compose(["attention=gqa", "+attention.foo=1"])  # never dropped silently
+    cfg = plugformer.compose(["model=tiny"])
     plugformer.Engine(cfg)
     assert not marker.exists()
 
@@ -97,7 +97,7 @@ def test_cli_config_errors_exit_2_with_one_line():
     for args, key in [
         (("config", "sampler.top_k=abc"), "sampler.top_k"),
         (("config", "attention.foo=1"), "attention.foo"),
-        (("generate",), "prompt"),
+        (("generate", "model=tiny"), "prompt"),
     ]:
         proc = _cli(*args)
         assert proc.returncode == 2, proc.stderr

@@ -48,6 +48,7 @@ FROZEN_PROTOCOLS = {
 
 FROZEN_API = [
     "CONTRACT_VERSION",
+    "CheckpointError",
     "Config",
     "ConfigError",
     "Engine",

@@ -194,7 +194,7 @@ def test_compose_uses_the_plugin_configs_without_yaml():
     assert config.sampler.eta_cutoff == 3e-4  # eta's default when selected
     assert config.sampler.temperature == 1.0 and config.sampler.top_p == 1.0  # others neutral
     assert plugformer.compose(["sampler=top_p"]).sampler.eta_cutoff == 0.0  # eta off elsewhere
-    with pytest.raises(plugformer.ConfigError, match="attention.cap"):
+    with pytest.raises(plugformer.ConfigError, match=r"attention\.cap"):
         plugformer.compose(["attention=softcap", "attention.cap=wide"])
 
 
@@ -338,8 +338,7 @@ def test_eta_matches_transformers(eta_cutoff):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     kept = torch.isfinite(got).sum(-1)
     assert (kept >= 1).all() and kept[-1] == vocab  # never empty; uniform row untouched
-    if eta_cutoff >= 0.02:
-        assert (kept[:5] < vocab).all()  # the cutoff really removes tokens
+    assert (kept[2:5] < vocab).all() and kept[5] < 100  # the cutoff really removes tokens
 
 
 def test_eta_knob_neutral_and_check():

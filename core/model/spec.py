@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from plugformer.core.errors import ConfigError
 
@@ -36,6 +37,12 @@ class ModelSpec:
     tie_embeddings: bool = False
     embedding_norm: bool = False  # a norm right after the embedding (BLOOM)
     attention_scale: float | None = None  # None: 1/sqrt(head_dim)
+    # the model's own attention and positional encoding (registry names and config values),
+    # used when the config selects `attention=auto` / `positional=auto` (the default)
+    attention: str = "gqa"
+    attention_args: dict[str, Any] = field(default_factory=dict)
+    positional: str = "rope"
+    positional_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kv_heads(self) -> int:

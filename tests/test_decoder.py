@@ -244,8 +244,9 @@ def test_greedy_generate_equals_argmax_of_full_forward(overrides, sampling):
     engine = make_engine(overrides)
     prompt = "The plug"
     gen = engine.generate(prompt, max_new_tokens=10, ignore_eos=True, **sampling)
-    ids = engine.tokenizer.encode(prompt)
-    assert gen.prompt_token_ids == ids
+    ids = list(gen.prompt_token_ids)  # what the engine fed the model
+    if not getattr(engine.tokenizer, "chat_template", None):
+        assert ids == engine.tokenizer.encode(prompt)  # the byte tokenizer: BOS + UTF-8 bytes
     assert len(gen.token_ids) == 10
     for token in gen.token_ids:
         logits = engine.logits(ids)[0, -1]  # full pass over the growing sequence, no cache
@@ -288,3 +289,14 @@ def test_logits_shape_and_dtype():
     assert engine.logits([1, 2, 3]).shape == (1, 3, VOCAB)
     out = engine.logits(random_ids(3, 4))
     assert out.shape == (3, 4, VOCAB) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "bad", [[[1, 2], [3]], "abc", None, torch.tensor([[True, False]]), torch.tensor([[1 + 2j]])]
+)
+def test_logits_rejects_malformed_token_ids(bad):
+    import plugformer
+
+    engine = plugformer.Engine.from_overrides(["model=tiny"])
+    with pytest.raises(plugformer.ValidationError, match="token_ids"):
+        engine.logits(bad)

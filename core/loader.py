@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.parallel.single",
     "plugformer.plugins.quant.none",
     "plugformer.plugins.models.llama",
+    "plugformer.plugins.checkpoints.hf",
 )
 
 
@@ -74,20 +75,25 @@ def _env_autoload() -> bool:
     return os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
 
 
+def _one_line(text: object) -> str:
+    """``text`` on one line: a plugin's exception (or pluggy's) may span several."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def _register(plugins: Plugins, obj: Any, name: str, source: Source) -> None:
     try:
         with plugins.registry.source(source):
             plugins.manager.register(obj, name=name)
-    except PlugformerError as exc:
-        raise PluginError(
-            f"plugin {name!r} ({_describe(source)}) failed to register: {exc}"
-        ) from exc
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {name!r} ({_describe(source)}) is invalid: {exc}") from exc
-    except Exception as exc:  # a broken third-party plugin: name it, never skip it
-        raise PluginError(
-            f"plugin {name!r} ({_describe(source)}) failed to register: {type(exc).__name__}: {exc}"
-        ) from exc
+    except Exception as exc:  # a broken plugin: name it, never skip it
+        if plugins.manager.get_name(obj) == name:  # pluggy keeps it when its hook raised
+            plugins.manager.unregister(obj)
+        if isinstance(exc, pluggy.PluginValidationError):
+            what = f"is invalid: {_one_line(exc)}"
+        elif isinstance(exc, PlugformerError):
+            what = f"failed to register: {_one_line(exc)}"
+        else:
+            what = f"failed to register: {type(exc).__name__}: {_one_line(exc)}"
+        raise PluginError(f"plugin {name!r} ({_describe(source)}) {what}") from exc
     plugins.loaded.append((name, source))
 
 
@@ -110,7 +116,7 @@ def _load_entry_point(ep: EntryPoint) -> tuple[Any, Source]:
     except Exception as exc:
         raise PluginError(
             f"plugin {ep.name!r} ({_describe(source)}) failed to import: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {_one_line(exc)}"
         ) from exc
 
 
@@ -154,7 +160,11 @@ def load_plugins(block: Iterable[str] = (), autoload: bool = True) -> Plugins:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         plugin = manager.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {plugin!r} implements an unknown hook: {exc}") from exc
+        found = dict(plugins.loaded).get(plugin)
+        where = f" ({_describe(found)})" if found is not None else ""
+        raise PluginError(
+            f"plugin {plugin!r}{where} implements an unknown hook: {_one_line(exc)}"
+        ) from exc
     return plugins
 
 
@@ -173,14 +183,23 @@ def register(plugin: Any, name: str | None = None) -> str:
     name = name or getattr(plugin, "__name__", None) or f"local-{id(plugin):x}"
     if any(existing is plugin for existing, _ in _user_plugins):
         return name
-    for loaded in _cache.values():
-        if name not in loaded.blocked:
-            _register(loaded, plugin, name, Source("local", name))
-            try:
+    source = Source("local", name)
+    done: list[Plugins] = []
+    try:
+        for loaded in _cache.values():
+            if name not in loaded.blocked:
+                _register(loaded, plugin, name, source)
+                done.append(loaded)
                 loaded.manager.check_pending()
-            except pluggy.PluginValidationError as exc:
-                loaded.manager.unregister(plugin)
-                raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
+    except (PluginError, pluggy.PluginValidationError) as exc:
+        for loaded in done:  # all or nothing: no manager keeps a plugin that failed
+            loaded.manager.unregister(plugin)
+            loaded.loaded.remove((name, source))
+        if isinstance(exc, PluginError):
+            raise
+        raise PluginError(
+            f"plugin {name!r} (local) implements an unknown hook: {_one_line(exc)}"
+        ) from exc
     _user_plugins.append((plugin, name))
     return name
 

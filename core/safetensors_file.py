@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from plugformer.core.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit of the reference implementation
-_MAX_NUMEL = 2**63 - 1  # torch sizes are int64
+_MAX_BYTES = 2**63 - 1  # torch sizes and strides are int64
 
 #: safetensors dtype names -> (torch dtype, element size), for those this torch has.
 DTYPES: dict[str, tuple[torch.dtype, int]] = {}
@@ -104,8 +105,14 @@ class SafetensorsFile:
         if sys.byteorder != "little":
             raise CheckpointError(f"{self.path}: safetensors is little-endian; this host is not")
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
+            # O_NONBLOCK: a FIFO or device given as the path must fail, not hang the open
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                self._fail("not a regular file")
+            with os.fdopen(fd, "rb") as f:
+                size = st.st_size
                 if size < 8:
                     self._fail(f"file is {size} bytes, too short for the 8-byte header length")
                 (n,) = struct.unpack("<Q", f.read(8))
@@ -173,11 +180,13 @@ class SafetensorsFile:
                 f"data_offsets [{begin}, {end}] run past the {self._data_len}-byte data section",
                 name,
             )
-        numel = 0 if 0 in shape else 1
-        for d in shape if numel else ():
-            numel *= d
-            if numel * itemsize > _MAX_NUMEL:
+        # strides must fit in int64 even when a zero dimension makes the tensor empty
+        span = 1
+        for d in shape:
+            span *= max(d, 1)
+            if span * itemsize > _MAX_BYTES:
                 self._fail(f"shape {shape!r:.200} overflows: its byte size exceeds 2**63 - 1", name)
+        numel = 0 if 0 in shape else span
         if numel * itemsize != end - begin:
             self._fail(
                 f"shape {shape} x {dtype_name} is {numel * itemsize} bytes but data_offsets "

@@ -105,7 +105,9 @@ def test_shape_disagreeing_with_config_is_named(saved, tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["intermediate_size"] = 96
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has shape"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has shape"
+    ):
         plugformer.Engine.from_overrides([f"model.path={tmp_path}"])
 
 
@@ -131,10 +133,11 @@ def test_missing_and_unexpected_tensors_are_all_named(saved, tmp_path):
     ("key", "value", "expected"),
     [
         ("hidden_size", 0, "hidden_size"),
-        ("num_attention_heads", 3, "not divisible"),
-        ("num_key_value_heads", 3, "does not divide"),
+        ("num_attention_heads", 5, "num_key_value_heads: 2 does not divide"),
+        ("num_key_value_heads", 3, None),
         ("num_hidden_layers", 100000, "absurd"),
         ("rope_scaling", {"rope_type": "bogus", "factor": 2.0}, "rope_scaling type 'bogus'"),
+        ("rope_parameters", {"rope_type": "bogus", "rope_theta": 1.0}, "rope_scaling type 'bogus'"),
         ("architectures", ["NoSuchForCausalLM"], None),
     ],
 )
@@ -144,6 +147,11 @@ def test_bad_config_json_is_refused(saved, tmp_path, key, value, expected):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg[key] = value
+    if key == "num_key_value_heads":
+        cfg["num_attention_heads"] = 6  # 64 is not divisible by 6, but first: 3 divides 6
+        expected = "hidden_size: 64 is not divisible by config.json.num_attention_heads=6"
+    if key == "rope_scaling":
+        cfg.pop("rope_parameters", None)  # the pre-transformers-5 layout: rope_scaling
     cfg.pop("head_dim", None)  # derived from hidden_size / num_attention_heads, as in HF
     if key == "architectures":
         cfg["model_type"] = "nosuch"

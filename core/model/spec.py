@@ -54,45 +54,51 @@ class ModelSpec:
             return self.head_dim
         return self.hidden_size // self.num_heads
 
-    def validate(self, where: str = "model") -> None:
-        """Raise :class:`ConfigError` naming the first bad key."""
+    def validate(self, where: str = "model", names: dict[str, str] | None = None) -> None:
+        """Raise :class:`ConfigError` naming the first bad key (``where.<key>``; ``names``
+        maps our field names to the caller's, e.g. ``num_layers`` -> ``num_hidden_layers``)."""
+        names = names or {}
+
+        def k(field_name: str) -> str:
+            return f"{where}.{names.get(field_name, field_name)}"
+
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+                raise ConfigError(f"{k(key)}: expected a positive integer, got {value!r}")
         if self.num_layers > MAX_LAYERS:
             raise ConfigError(
-                f"{where}.num_layers: {self.num_layers} is absurd (at most {MAX_LAYERS})"
+                f"{k('num_layers')}: {self.num_layers} is absurd (at most {MAX_LAYERS})"
             )
         if self.max_seq_len <= 0:
             raise ConfigError(
-                f"{where}.max_seq_len: expected a positive integer, got {self.max_seq_len!r}"
+                f"{k('max_seq_len')}: expected a positive integer, got {self.max_seq_len!r}"
             )
         if self.num_kv_heads is not None and self.num_kv_heads <= 0:
             raise ConfigError(
-                f"{where}.num_kv_heads: expected a positive integer, got {self.num_kv_heads!r}"
+                f"{k('num_kv_heads')}: expected a positive integer, got {self.num_kv_heads!r}"
             )
         if self.num_heads % self.kv_heads:
             raise ConfigError(
-                f"{where}.num_kv_heads: {self.kv_heads} does not divide "
-                f"{where}.num_heads={self.num_heads}"
+                f"{k('num_kv_heads')}: {self.kv_heads} does not divide "
+                f"{k('num_heads')}={self.num_heads}"
             )
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ConfigError(
-                f"{where}.hidden_size: {self.hidden_size} is not divisible by "
-                f"{where}.num_heads={self.num_heads}"
+                f"{k('hidden_size')}: {self.hidden_size} is not divisible by "
+                f"{k('num_heads')}={self.num_heads}"
             )
         if self.head_dim is not None and self.head_dim <= 0:
             raise ConfigError(
-                f"{where}.head_dim: expected a positive integer, got {self.head_dim!r}"
+                f"{k('head_dim')}: expected a positive integer, got {self.head_dim!r}"
             )
         if self.norm not in NORMS:
-            raise ConfigError(f"{where}.norm: {self.norm!r} is not one of {', '.join(NORMS)}")
+            raise ConfigError(f"{k('norm')}: {self.norm!r} is not one of {', '.join(NORMS)}")
         if self.mlp not in MLPS:
-            raise ConfigError(f"{where}.mlp: {self.mlp!r} is not one of {', '.join(MLPS)}")
+            raise ConfigError(f"{k('mlp')}: {self.mlp!r} is not one of {', '.join(MLPS)}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
-                f"{where}.activation: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
+                f"{k('activation')}: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
             )
         if not self.norm_eps > 0:
-            raise ConfigError(f"{where}.norm_eps: expected a positive float, got {self.norm_eps!r}")
+            raise ConfigError(f"{k('norm_eps')}: expected a positive float, got {self.norm_eps!r}")

@@ -34,6 +34,16 @@ _TOP = {
 }
 
 
+#: our spec field -> the config.json key it comes from (for error messages)
+HF_NAMES = {
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "max_seq_len": "max_position_embeddings",
+    "norm_eps": "rms_norm_eps",
+}
+
+
 @dataclass
 class LlamaConfig(FamilyConfig):
     name: str = "llama"
@@ -54,6 +64,24 @@ def hf_value(cfg: dict[str, Any], key: str, kind: type, default: Any = ..., wher
     return value
 
 
+def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings from either config.json layout: transformers 5's ``rope_parameters``
+    or the older top-level ``rope_theta`` plus ``rope_scaling``."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict):
+        return params
+    merged: dict[str, Any] = {}
+    if isinstance(cfg.get("rope_scaling"), dict):
+        merged.update(cfg["rope_scaling"])
+    elif cfg.get("rope_scaling") is not None:
+        raise ConfigError(
+            f"config.json: rope_scaling must be an object, got {cfg['rope_scaling']!r}"
+        )
+    if "rope_theta" in cfg:
+        merged["rope_theta"] = cfg["rope_theta"]
+    return merged
+
+
 class Llama:
     """The Llama family."""
 
@@ -71,14 +99,12 @@ class Llama:
         act = hf_value(c, "hidden_act", str, "silu")
         if act != "silu":
             raise ConfigError(f"config.json: hidden_act {act!r} is not supported by llama (silu)")
-        scaling = c.get("rope_scaling")
-        if scaling:
-            kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
-            if kind != "default":
-                raise ConfigError(
-                    f"config.json: rope_scaling type {kind!r} is not supported yet "
-                    "(supported: none, default)"
-                )
+        rope = rope_parameters(c)
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ConfigError(
+                f"config.json: rope_scaling type {kind!r} is not supported yet (supported: default)"
+            )
         heads = hf_value(c, "num_attention_heads", int)
         hidden = hf_value(c, "hidden_size", int)
         spec = ModelSpec(
@@ -100,9 +126,9 @@ class Llama:
             tie_embeddings=hf_value(c, "tie_word_embeddings", bool, False),
             attention="gqa",
             positional="rope",
-            positional_args={"theta": hf_value(c, "rope_theta", float, 10000.0)},
+            positional_args={"theta": hf_value(rope, "rope_theta", float, 10000.0)},
         )
-        spec.validate("config.json")
+        spec.validate("config.json", HF_NAMES)
         return spec
 
     def tensor_name(self, hf_name: str) -> str | None:

@@ -1,8 +1,17 @@
-"""The tokenizer interface and the byte-level tokenizer of random models (``model=tiny``)."""
+"""The tokenizer interface and the byte-level tokenizer of random models (``model=tiny``).
+
+Real models' tokenizers (``tokenizer.json`` directories, GGUF metadata) are
+:class:`~plugformer.core.hf_tokenizer.HFTokenizer`, re-exported here with
+:func:`~plugformer.core.hf_tokenizer.gguf_tokenizer`.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
+
+from plugformer.core.hf_tokenizer import HFTokenizer, gguf_tokenizer
+
+__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "gguf_tokenizer"]
 
 
 @runtime_checkable

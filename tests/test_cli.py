@@ -49,7 +49,15 @@ def test_generate_is_deterministic_and_matches_the_api(capsys):
 
 
 def test_refusal_is_one_line_exit_1_and_traceback_on_request():
-    cmd = [sys.executable, "-m", "plugformer", "generate", "model=tiny", "prompt=hi", "attention=mha"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plugformer",
+        "generate",
+        "model=tiny",
+        "prompt=hi",
+        "attention=mha",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [

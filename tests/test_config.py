@@ -51,9 +51,15 @@ def test_sampler_options_share_every_knob_with_the_selected_defaults():
             "sampler.top_k: Value 'abc' of type 'str' could not be converted to Integer",
         ),
         (["model.spec.num_layers=1.5"], "model.spec.num_layers:"),
-        (["attention=gqa", "attention.impll=sdpa"], "attention.impll: unknown key; did you mean 'attention.impl'?"),
+        (
+            ["attention=gqa", "attention.impll=sdpa"],
+            "attention.impll: unknown key; did you mean 'attention.impl'?",
+        ),
         (["promt=hi"], "promt: unknown key; did you mean 'prompt'?"),
-        (["attention=gqx"], "unknown attention 'gqx'; did you mean 'gqa'? Valid names: auto, gqa, mha"),
+        (
+            ["attention=gqx"],
+            "unknown attention 'gqx'; did you mean 'gqa'? Valid names: auto, gqa, mha",
+        ),
         (["model=tinyy"], "unknown model 'tinyy'; did you mean 'tiny'?"),
         (["max_new_tokens=[1"], "bad override"),
     ],

@@ -83,7 +83,7 @@ def test_cached_greedy_equals_transformers_generate(saved):
 
 
 def _greedy(engine):
-    max_new, chain, gen = engine._request(32, 0, {"temperature": 0.0})
+    _, chain, gen = engine._request(32, 0, {"temperature": 0.0})
     return chain, gen
 
 

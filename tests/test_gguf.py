@@ -24,9 +24,10 @@ from gguf import GGUFValueType as VT
 
 from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.errors import CheckpointError
+from plugformer.core.gguf_file import GGUFFile
 from plugformer.core.registry import Registry
 from plugformer.plugins.checkpoints import gguf as plugin
-from plugformer.plugins.checkpoints.gguf import GGUFCheckpoint, GGUFConfig, GGUFFile, GGUFFormat
+from plugformer.plugins.checkpoints.gguf import GGUFCheckpoint, GGUFConfig, GGUFFormat
 
 SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -15,12 +15,11 @@ from plugformer.core.config import Config, compose
 from plugformer.core.errors import ConfigError, ValidationError
 from plugformer.core.family import ModelFamily
 from plugformer.core.fetch import fetch_from_wheel
+from plugformer.core.generation import BatchRun, Request, Row, make_request
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
 from plugformer.core.model.decoder import Decoder, default_scale
-from plugformer.core.model.kv_cache import KVCache
 from plugformer.core.positional import PositionalDims
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, with_overrides
 from plugformer.core.tokenizer import ByteTokenizer, Tokenizer
 
@@ -31,10 +30,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Generation:
     """One generated sequence."""
 
-    text: str  # the new text (without the prompt)
-    token_ids: list[int]  # the new token ids
+    text: str  # the new text (without the prompt; stop strings and EOS cut off)
+    token_ids: list[int]  # the new token ids (the final EOS / stop token included)
     prompt_token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "length" | "stop"
+    stop_reason: str | int | None = None  # the stop string or stop token id that matched
+    logprobs: list[float] | None = None  # log p of each new token (model distribution)
+    top_logprobs: list[dict[int, float]] | None = None  # top-n alternatives per token
 
 
 class Engine:
@@ -215,134 +217,118 @@ class Engine:
         return tok.encode(text, add_special_tokens=False)
 
     # -- generation ------------------------------------------------------------------------
-    def _request(
-        self, max_new_tokens: int | None, seed: int | None, sampling_params: dict[str, Any]
-    ) -> tuple[int, SamplerChain, torch.Generator]:
-        max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new <= 0:
-            raise ValidationError(f"max_new_tokens: expected a positive integer, got {max_new!r}")
-        chain = SamplerChain(
-            self.plugins.registry, with_overrides(self.config.sampler, sampling_params)
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValidationError("prompt: expected a non-empty string or token ids")
+            return self.encode_prompt(prompt)
+        ids = list(prompt)
+        if not ids:
+            raise ValidationError("prompt: expected a non-empty string or token ids")
+        self._as_batch(ids)  # range and type checks
+        return [int(t) for t in ids]
+
+    def _make_request(self, n_prompts: int, **options: Any) -> Request:
+        known = {
+            "max_new_tokens", "min_new_tokens", "ignore_eos", "stop", "stop_token_ids",
+            "logprobs", "seed",
+        }  # fmt: skip
+        request_opts = {k: options.pop(k) for k in list(options) if k in known}
+        chain = SamplerChain(self.plugins.registry, with_overrides(self.config.sampler, options))
+        return make_request(
+            chain,
+            self.spec.vocab_size,
+            n_prompts,
+            default_max_new_tokens=self.config.max_new_tokens,
+            default_seed=self.config.seed,
+            **{"max_new_tokens": None, **request_opts},
         )
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.config.seed if seed is None else seed)
-        return max_new, chain, generator
+
+    def _run(self, prompts: list[list[int]], req: Request) -> BatchRun:
+        return BatchRun(
+            self.model, self.spec, self._tokenizer, self._eos, prompts, req, self.device, self.dtype
+        )
+
+    @staticmethod
+    def _result(row: Row) -> Generation:
+        return Generation(
+            row.text,
+            row.token_ids,
+            row.prompt_ids,
+            row.finish_reason or "length",
+            row.stop_reason,
+            row.logprobs or None,
+            row.top_logprobs or None,
+        )
 
     @torch.inference_mode()
     def generate(
         self,
-        prompt_or_prompts: str | Sequence[str],
+        prompt_or_prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
         max_new_tokens: int | None = None,
-        *,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-        **sampling_params: Any,
+        **options: Any,
     ) -> Generation | list[Generation]:
         """Generate from one prompt (returns a :class:`Generation`) or a list of prompts
-        (returns a list). ``sampling_params`` override the configured sampler's knobs for
-        this request (``temperature=0.7, top_p=0.9``); ``seed`` fixes the draw."""
-        single = isinstance(prompt_or_prompts, str)
-        prompts: list[str] = (
-            [prompt_or_prompts] if isinstance(prompt_or_prompts, str) else list(prompt_or_prompts)
+        (returns a list, generated together as one left-padded batch).
+
+        A prompt is text (wrapped in the chat template when the model has one) or token ids.
+        Options: ``min_new_tokens``, ``ignore_eos``, ``stop`` (strings, cut from the text),
+        ``stop_token_ids``, ``logprobs`` (top-n alternatives), ``seed`` (an int, or one per
+        prompt), and any sampler knob (``temperature=0.7, top_p=0.9``) for this request.
+        """
+        p = prompt_or_prompts
+        single = isinstance(p, str) or (
+            isinstance(p, Sequence) and len(p) > 0 and all(isinstance(t, int) for t in p)
         )
-        if not prompts or not all(isinstance(p, str) and p for p in prompts):
-            raise ValidationError("prompt: expected a non-empty string or a list of them")
-        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
-        results = []
-        for prompt in prompts:
-            ids = self.encode_prompt(prompt)
-            results.append(self._collect(ids, max_new, chain, generator, ignore_eos))
+        prompts = [p] if single else list(p)
+        if not prompts:
+            raise ValidationError("prompt: expected a non-empty string, token ids, or a list")
+        ids = [self._prompt_ids(x) for x in prompts]  # type: ignore[arg-type]
+        req = self._make_request(len(ids), max_new_tokens=max_new_tokens, **options)
+        run = self._run(ids, req)
+        for _ in run.steps():
+            pass
+        results = [self._result(r) for r in run.rows]
         self.plugins.manager.hook.plugformer_generation_done(engine=self, results=results)
         return results[0] if single else results
 
     @torch.inference_mode()
     def chat(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int | None = None,
-        *,
-        seed: int | None = None,
-        **sampling_params: Any,
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None, **options: Any
     ) -> Generation:
-        """The assistant's reply to a conversation (``[{"role": "user", "content": ...}]``)."""
-        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
-        result = self._collect(self.encode_chat(messages), max_new, chain, generator, False)
-        self.plugins.manager.hook.plugformer_generation_done(engine=self, results=[result])
+        """The assistant's reply to a conversation (``[{"role": "user", "content": ...}]``);
+        options as for :meth:`generate`."""
+        result = self.generate(self.encode_chat(messages), max_new_tokens, **options)
+        assert isinstance(result, Generation)
         return result
 
     def stream(
         self,
-        prompt_ids: list[int],
+        prompt: str | Sequence[int],
         max_new_tokens: int | None = None,
-        *,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-        **sampling_params: Any,
+        **options: Any,
     ) -> Iterator[tuple[str, int]]:
-        """Yield ``(text_delta, token_id)`` as tokens are generated from ``prompt_ids``.
+        """Yield ``(text_delta, token_id)`` for each new token of one prompt (text or ids).
 
-        Text deltas are UTF-8 safe: a character split over several tokens appears whole, once
-        its last token arrives."""
-        max_new, chain, generator = self._request(max_new_tokens, seed, sampling_params)
-        new: list[int] = []
-        shown = ""
+        Deltas are UTF-8 safe (a character split over several tokens appears whole, once its
+        last token arrives) and never show a stop string, even one that spans tokens;
+        options as for :meth:`generate`."""
+        req = self._make_request(1, max_new_tokens=max_new_tokens, **options)
+        run = self._run([self._prompt_ids(prompt)], req)
+        row = run.rows[0]
         with torch.inference_mode():
-            for token in self._tokens(prompt_ids, max_new, chain, generator, ignore_eos):
-                new.append(token)
-                text = self.tokenizer.decode(new)
-                if text.endswith("\ufffd"):
-                    yield "", token
-                    continue
-                delta, shown = text[len(shown) :], text
-                yield delta, token
+            for step in run.steps():
+                for _, delta in step:
+                    yield delta, row.token_ids[-1]
 
-    def _collect(
-        self,
-        prompt_ids: list[int],
-        max_new: int,
-        chain: SamplerChain,
-        generator: torch.Generator,
-        ignore_eos: bool,
-    ) -> Generation:
-        new = list(self._tokens(prompt_ids, max_new, chain, generator, ignore_eos))
-        stopped = bool(new) and not ignore_eos and new[-1] in self._eos
-        text_ids = new[:-1] if stopped else new
-        return Generation(
-            self.tokenizer.decode(text_ids), new, prompt_ids, "stop" if stopped else "length"
-        )
+    # -- kept for tests written against the first loop; prefer generate(token_ids, ...) ----
+    def _request(self, max_new: int, seed: int, params: dict[str, Any]) -> tuple[int, Any, None]:
+        return max_new, (seed, params), None
 
     def _tokens(
-        self,
-        prompt_ids: list[int],
-        max_new: int,
-        chain: SamplerChain,
-        generator: torch.Generator,
-        ignore_eos: bool,
+        self, prompt_ids: list[int], max_new: int, chain: Any, generator: None, ignore_eos: bool
     ) -> Iterator[int]:
-        """Token ids as they are sampled: prefill through the static KV cache, then one token
-        per step; stops after an EOS token (unless ``ignore_eos``) or ``max_new`` tokens."""
-        ids = self._as_batch(prompt_ids)  # [1, S]
-        prompt_len = ids.shape[1]
-        total = prompt_len + max_new
-        if total > self.spec.max_seq_len:
-            raise ValidationError(
-                f"max_new_tokens: {prompt_len} prompt tokens + {max_new} new tokens exceed "
-                f"the context of {self.spec.max_seq_len}"
-            )
-        spec = self.spec
-        cache = KVCache(
-            spec.num_layers, 1, spec.kv_heads, total, spec.dim_per_head, self.dtype, self.device
-        )
-        positions = torch.arange(prompt_len, device=self.device).unsqueeze(0)  # [1, S]
-        logits = self.model(ids, positions, cache)[:, -1]  # [1, V]
-        history = ids
-        lengths = torch.tensor([prompt_len], device=self.device)
-        for step in range(max_new):
-            token = chain.sample(logits, SamplingContext(history, lengths, generator))  # [1]
-            yield int(token[0])
-            if not ignore_eos and int(token[0]) in self._eos:
-                return
-            if step + 1 < max_new:
-                history = torch.cat([history, token.unsqueeze(0)], dim=1)
-                pos = torch.full((1, 1), prompt_len + step, device=self.device)
-                logits = self.model(token.unsqueeze(0), pos, cache)[:, -1]
+        seed, params = chain
+        out = self.generate(list(prompt_ids), max_new, seed=seed, ignore_eos=ignore_eos, **params)
+        assert isinstance(out, Generation)
+        yield from out.token_ids

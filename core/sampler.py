@@ -30,9 +30,11 @@ class SamplerConfig:
 class SamplingContext:
     """What a processor may look at besides the logits."""
 
-    token_ids: torch.Tensor  # [B, T] prompt and generated tokens so far
-    prompt_lengths: torch.Tensor  # [B] number of prompt tokens in each row
-    generator: torch.Generator | None = None
+    token_ids: torch.Tensor  # [B, T] prompt and generated tokens so far (left-padded)
+    prompt_lengths: torch.Tensor  # [B] prompt length in each row, padding included: the
+    # generated tokens of every row are token_ids[:, prompt_lengths[0]:]
+    generator: torch.Generator | None = None  # row 0's generator (draws are per row)
+    valid: torch.Tensor | None = None  # [B, T] False where token_ids holds padding
 
 
 @runtime_checkable

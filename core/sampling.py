@@ -113,7 +113,7 @@ class SamplerChain:
 
     def process(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
         """Run the chain over logits [B, V]; returns processed float32 logits [B, V]."""
-        if not torch.isfinite(logits).all():
+        if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf: a masked token
             bad = "NaN" if torch.isnan(logits).any() else "infinite"
             raise ValidationError(f"the model produced {bad} logits; generation stopped")
         logits = logits.float()
@@ -121,9 +121,27 @@ class SamplerChain:
             logits = sampler(logits, ctx)
         return logits
 
-    def sample(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
-        """Next token ids [B] drawn from the processed logits [B, V]."""
-        probs = torch.softmax(self.process(logits, ctx), dim=-1)
+    def sample(
+        self,
+        logits: torch.Tensor,
+        ctx: SamplingContext,
+        generators: list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Next token ids [B] drawn from the processed logits [B, V], each row with its own
+        generator (``generators``, else ``ctx.generator`` for every row), so a row draws the
+        same tokens alone or inside a batch."""
+        processed = self.process(logits, ctx)
+        probs = torch.softmax(processed, dim=-1)
         if not torch.isfinite(probs).all():
             raise ValidationError("sampling produced an invalid distribution (all tokens masked)")
-        return torch.multinomial(probs, 1, generator=ctx.generator).squeeze(-1)
+        if self.deterministic(processed):
+            return processed.argmax(dim=-1)
+        gens = generators or [ctx.generator] * probs.shape[0]
+        return torch.cat(
+            [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)]
+        )
+
+    @staticmethod
+    def deterministic(processed: torch.Tensor) -> bool:
+        """Whether every row kept exactly one token (greedy): no draw needed."""
+        return bool((torch.isfinite(processed).sum(dim=-1) == 1).all())

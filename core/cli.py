@@ -21,6 +21,7 @@ commands:
   chat       interactive multi-turn chat (tokens streamed): plugformer chat [system_prompt="..."]
   config     print the composed config for the given overrides
   plugins    list registered plugins (kind, name, source, version, plugin)
+  bench      measure load, prefill, decode (batch 1 and 8), sampler and peak memory (JSON)
 
 Overrides are Hydra overrides: attention=mha, positional=alibi, model.seed=3, ...
 """
@@ -115,11 +116,19 @@ def _chat(overrides: list[str]) -> int:
     return 0
 
 
+def _bench(overrides: list[str]) -> int:
+    from plugformer.core.bench import main as bench_main
+    from plugformer.core.config import compose
+
+    return bench_main(compose(overrides))
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": _generate,
     "chat": _chat,
     "config": _config,
     "plugins": _plugins,
+    "bench": _bench,
 }
 
 

@@ -90,6 +90,9 @@ class Config:
     system_prompt: str | None = None  # chat: the system message (None: the template's own)
     use_chat_template: bool = True  # wrap prompts in the model's chat template, if it has one
     max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    ignore_eos: bool = False
+    stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
     seed: int = 0
     device: str = "cpu"
 

@@ -233,7 +233,13 @@ class Engine:
             "max_new_tokens", "min_new_tokens", "ignore_eos", "stop", "stop_token_ids",
             "logprobs", "seed",
         }  # fmt: skip
-        request_opts = {k: options.pop(k) for k in list(options) if k in known}
+        cfg = self.config
+        request_opts: dict[str, Any] = {
+            "min_new_tokens": cfg.min_new_tokens,
+            "ignore_eos": cfg.ignore_eos,
+            "stop": list(cfg.stop),
+        }
+        request_opts.update({k: options.pop(k) for k in list(options) if k in known})
         chain = SamplerChain(self.plugins.registry, with_overrides(self.config.sampler, options))
         return make_request(
             chain,

@@ -57,6 +57,8 @@ class RefusedError(PlugformerError):
 class ValidationError(PlugformerError, ValueError):
     """A runtime argument (a prompt, a token id, a sampling parameter) is out of range."""
 
+    exit_code = 2
+
 
 class CheckpointError(PlugformerError, ValueError):
     """A checkpoint file or directory is malformed or disagrees with its config."""

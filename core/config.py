@@ -178,8 +178,8 @@ def _reject_extra_keys(node: Any, path: str = "") -> None:
         if kind is not None and dataclasses.is_dataclass(kind)
         else None
     )
-    for key in node:
-        key = str(key)
+    for raw in node:
+        key = str(raw)
         full = f"{path}.{key}" if path else key
         if key == "_target_":
             raise ConfigError(
@@ -192,7 +192,7 @@ def _reject_extra_keys(node: Any, path: str = "") -> None:
                 f"{full}: unknown key{hint}{'' if hint else '.'} "
                 f"Valid keys: {', '.join(sorted(fields))}"
             )
-        _reject_extra_keys(node._get_node(key), full)
+        _reject_extra_keys(node._get_node(raw), full)
 
 
 def _explain(exc: Exception, overrides: list[str]) -> ConfigError:

@@ -91,6 +91,20 @@ def with_overrides(params: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(params, **overrides) if overrides else params
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id [1] drawn from ``probs`` [V] by inverse transform sampling: one uniform
+    number per row, against the cumulative distribution (float64, so its rounding is ~1e-16 of
+    a token's probability). ``torch.multinomial`` draws one exponential per vocabulary entry
+    instead: 0.74 ms at V = 49,152 on the 2-vCPU machine of DESIGN.md, this 0.04 ms. A token of
+    probability 0 is never drawn: the cumulative sum does not rise at it."""
+    cdf = probs.double().cumsum(-1)  # [V]
+    total = cdf[-1:]  # [1], 1 up to rounding
+    u = torch.rand(1, dtype=torch.float64, generator=generator, device=probs.device) * total
+    token = torch.searchsorted(cdf, u, right=True)  # the first index with cdf > u
+    # u * total may round up to total: fall back to the last token of nonzero probability
+    return torch.minimum(token, torch.searchsorted(cdf, total))
+
+
 class SamplerChain:
     """The active samplers for ``params``, in priority order; validated on construction."""
 
@@ -113,7 +127,9 @@ class SamplerChain:
 
     def process(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
         """Run the chain over logits [B, V]; returns processed float32 logits [B, V]."""
-        if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf: a masked token
+        # -inf is a masked token; NaN and +inf are refused. One reduction finds both (amax
+        # propagates NaN), instead of two full isnan/isposinf passes (~45 us at V = 49,152).
+        if not bool((logits.amax(dim=-1) < float("inf")).all()):
             bad = "NaN" if torch.isnan(logits).any() else "infinite"
             raise ValidationError(f"the model produced {bad} logits; generation stopped")
         logits = logits.float()
@@ -131,17 +147,19 @@ class SamplerChain:
         generator (``generators``, else ``ctx.generator`` for every row), so a row draws the
         same tokens alone or inside a batch."""
         processed = self.process(logits, ctx)
-        probs = torch.softmax(processed, dim=-1)
-        if not torch.isfinite(probs).all():
+        # a row's maximum is -inf when every token is masked, NaN or +inf when a processor
+        # produced one: one reduction instead of a full isfinite pass over the probabilities
+        if not bool(torch.isfinite(processed.amax(dim=-1)).all()):
             raise ValidationError("sampling produced an invalid distribution (all tokens masked)")
         if self.deterministic(processed):
             return processed.argmax(dim=-1)
+        probs = torch.softmax(processed, dim=-1)
         gens = generators or [ctx.generator] * probs.shape[0]
-        return torch.cat(
-            [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)]
-        )
+        return torch.cat([draw(probs[b], g) for b, g in enumerate(gens)])
 
     @staticmethod
     def deterministic(processed: torch.Tensor) -> bool:
         """Whether every row kept exactly one token (greedy): no draw needed."""
-        return bool((torch.isfinite(processed).sum(dim=-1) == 1).all())
+        # rows hold finite values and -inf only (checked in sample): count the -inf ones
+        vocab = processed.shape[-1]
+        return bool((torch.isneginf(processed).sum(dim=-1) == vocab - 1).all())

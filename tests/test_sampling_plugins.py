@@ -270,12 +270,24 @@ def test_invalid_knobs_raise_validation_error(registry, params, knobs, message):
         chain_for(registry, params["top_p"], **knobs)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_logits_raise_validation_error(registry, params, bad):
     chain = chain_for(registry, params["top_p"], top_p=0.9)
     logits = random_logits(0)
     logits[1, 17] = bad
     with pytest.raises(ValidationError, match="NaN" if math.isnan(bad) else "infinite"):
+        chain.sample(logits, ctx(generator=torch.Generator().manual_seed(0)))
+
+
+def test_minus_infinity_is_a_masked_token(registry, params):
+    # the engine masks tokens with -inf (min_new_tokens bans EOS that way): never drawn
+    chain = chain_for(registry, params["top_p"], top_p=0.99)
+    logits = torch.zeros(400, 8)
+    logits[:, 3] = float("-inf")
+    tokens = chain.sample(logits, ctx(400, torch.Generator().manual_seed(0)))
+    assert (tokens != 3).all() and len(set(tokens.tolist())) == 7
+    logits = torch.full((B, 8), float("-inf"))  # every token masked: refused, not drawn
+    with pytest.raises(ValidationError, match="all tokens masked"):
         chain.sample(logits, ctx(generator=torch.Generator().manual_seed(0)))
 
 

@@ -33,8 +33,16 @@ class TopK:
 
     def __call__(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
         # logits: [B, V]
-        k = min(self.k, logits.shape[-1])
-        kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # [B, 1]
+        k = self.k
+        if k >= logits.shape[-1]:
+            return logits
+        # one more than k: when the (k+1)-th is below the k-th there is no tie to keep, and
+        # writing the k values into a row of -inf is cheaper than a mask over V
+        values, indices = torch.topk(logits, k + 1, dim=-1)  # [B, k + 1]
+        if bool((values[:, k] < values[:, k - 1]).all()):
+            out = torch.full_like(logits, float("-inf"))
+            return out.scatter_(-1, indices[:, :k], values[:, :k])
+        kth = values[:, k - 1 : k]  # [B, 1]
         return logits.masked_fill(logits < kth, float("-inf"))
 
 

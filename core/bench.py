@@ -77,7 +77,9 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
     engine.generate(prompts, max_new_tokens=4, **greedy)
     t = time.perf_counter()
     engine.generate(prompts, max_new_tokens=new_tokens // 2, **greedy)
-    result[f"decode_b{batch}_tok_s"] = round(batch * (new_tokens // 2) / (time.perf_counter() - t), 1)
+    result[f"decode_b{batch}_tok_s"] = round(
+        batch * (new_tokens // 2) / (time.perf_counter() - t), 1
+    )
 
     logits = torch.randn(1, vocab)
     ctx = SamplingContext(torch.zeros((1, 1), dtype=torch.long), torch.tensor([1]))

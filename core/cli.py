@@ -22,6 +22,9 @@ commands:
   config     print the composed config for the given overrides
   plugins    list registered plugins (kind, name, source, version, plugin)
   bench      measure load, prefill, decode (batch 1 and 8), sampler and peak memory (JSON)
+  quantize   write a quantized model directory (GPTQ layout): plugformer quantize quant=gptq
+             quant.bits=4 quant.group_size=64 output_dir=DIR; load it with model.path=DIR
+  eval       plugformer eval perplexity data=<text file> [window=512 stride=256]
 
 Overrides are Hydra overrides: attention=mha, positional=alibi, model.seed=3, ...
 """
@@ -123,12 +126,26 @@ def _bench(overrides: list[str]) -> int:
     return bench_main(compose(overrides))
 
 
+def _quantize(overrides: list[str]) -> int:
+    from plugformer.core.qcommands import quantize_command
+
+    return quantize_command(overrides)
+
+
+def _eval(overrides: list[str]) -> int:
+    from plugformer.core.qcommands import eval_command
+
+    return eval_command(overrides)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": _generate,
     "chat": _chat,
     "config": _config,
     "plugins": _plugins,
     "bench": _bench,
+    "quantize": _quantize,
+    "eval": _eval,
 }
 
 

@@ -74,19 +74,19 @@ def table(results: dict[str, dict]) -> str:
         + " | decode vs HF | decode vs llama.cpp | prefill vs llama.cpp |"
     ]
     lines.append("|---" * (len(cols) + 4) + "|")
+
+    def ratio(r: dict, base: dict, key: str) -> str:
+        if not base.get(key) or not r.get(key):
+            return "-"
+        return f"{r[key] / base[key]:.2f}x"
+
     for label, r in results.items():
-
-        def ratio(a: dict, key: str) -> str:
-            if not a.get(key) or not r.get(key):
-                return "-"
-            return f"{r[key] / a[key]:.2f}x"
-
         vals = [str(r.get(c, "-")) for c in cols]
         lines.append(
             f"| {label} | "
             + " | ".join(vals)
-            + f" | {ratio(hf, 'decode_tok_s')} | {ratio(lc, 'decode_tok_s')}"
-            + f" | {ratio(lc, 'prefill_tok_s')} |"
+            + f" | {ratio(r, hf, 'decode_tok_s')} | {ratio(r, lc, 'decode_tok_s')}"
+            + f" | {ratio(r, lc, 'prefill_tok_s')} |"
         )
     return "\n".join(lines)
 
@@ -99,7 +99,9 @@ import matplotlib.pyplot as plt
 r = json.load(open({str(out / "results.json")!r}))
 labels = [k for k in r if r[k].get("decode_tok_s")]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-for ax, key, title in zip(axes, ["decode_tok_s", "prefill_tok_s"], ["decode, batch 1 (tok/s)", "prefill, 512 tokens (tok/s)"]):
+keys = ["decode_tok_s", "prefill_tok_s"]
+titles = ["decode, batch 1 (tok/s)", "prefill, 512 tokens (tok/s)"]
+for ax, key, title in zip(axes, keys, titles):
     ax.barh(labels, [r[k].get(key) or 0 for k in labels])
     ax.set_title(title)
 fig.tight_layout()

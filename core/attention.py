@@ -3,6 +3,12 @@
 Projections (q/k/v/o) belong to the decoder; an attention plugin only computes
 ``softmax(q k^T * scale + bias) v`` for its head layout, so swapping attention never touches
 weights.
+
+A kernel may also have a ``window`` attribute (``int | None``, optional: read with ``getattr``):
+a query at position i then sees only keys at positions j with ``i - j < window`` (a sliding
+window, Mistral). The decoder builds that into ``bias`` from positions, with the model's own
+``spec.sliding_window`` (the smaller of the two wins), so it holds through the KV cache and the
+kernel itself needs no window code.
 """
 
 from __future__ import annotations

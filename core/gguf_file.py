@@ -271,6 +271,20 @@ class GGUFFile:
         raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
         return dequantize(raw.view(-1, gtype.block_bytes), gtype.name).view(info.shape)
 
+    def blocks(self, name: str) -> torch.Tensor:
+        """The raw quantized blocks of a Q8_0/Q4_0/Q4_1 tensor, undequantized: uint8
+        [rows, row_length / 32, block_bytes], mapped from the file (rows in ``ne`` order)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        if self._mm is None:
+            raise CheckpointError(f"{self.path}: the checkpoint is closed")
+        gtype = info.type
+        if gtype.block == 1 or not info.ne:
+            raise CheckpointError(f"{self.path}: tensor {name!r} ({gtype.name}) has no blocks")
+        raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
+        return raw.view(-1, info.ne[0] // gtype.block, gtype.block_bytes)
+
     def close(self) -> None:
         """Drop the mapping; tensors already returned keep it alive until they are freed."""
         self._mm = None  # torch.frombuffer holds a reference; closing it would unmap their memory

@@ -8,6 +8,7 @@ decoder before any tensor data is read.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import torch
 from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.errors import CheckpointError, ConfigError
 from plugformer.core.family import ModelFamily
+from plugformer.core.model.build import component_config
 from plugformer.core.registry import Registry
+
+Take = Callable[[torch.Tensor], torch.Tensor]  # a checkpoint tensor -> one of ours
 
 
 def _format_config(registry: Registry, name: str, options: dict[str, Any]) -> Any:
@@ -86,8 +90,17 @@ def load_weights(
 
     Missing, unexpected and mis-shaped tensors are all reported at once, before any data is
     read. Tied parameters (the head sharing the embedding) need only one of their tensors.
+    A family with ``tensor_parts`` may cut one checkpoint tensor into several of ours (fused
+    projections) or re-lay it out (transposed weights); see :mod:`plugformer.core.family`.
     """
     expected = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+    # tensors a module keeps in the dtype it declares (its ``keep_dtype`` names: a quantized
+    # layer's packed integers and float16 scales) instead of the model dtype
+    exact = {
+        f"{path}.{n}" if path else n
+        for path, module in model.named_modules()
+        for n in getattr(module, "keep_dtype", ())
+    }
     tied: dict[str, str] = {}  # alias -> canonical, for parameters shared by two names
     seen: dict[int, str] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
@@ -96,28 +109,44 @@ def load_weights(
             tied[name] = seen[ident]
         else:
             seen[ident] = name
+    split = getattr(family, "tensor_parts", None)
+    spec = getattr(model, "spec", None)
 
-    sources: dict[str, str] = {}  # our name -> checkpoint name
+    sources: dict[str, tuple[str, Take | None]] = {}  # our name -> (checkpoint name, take)
     unexpected: list[str] = []
     bad: list[str] = []
     for ck_name in checkpoint.tensor_names():
-        ours = family.tensor_name(ck_name)
-        if ours is None:
-            continue
-        if ours not in expected:
-            unexpected.append(ck_name)
-            continue
-        if ours in sources:
-            bad.append(f"{ck_name} and {sources[ours]} both map to {ours}")
-            continue
+        parts = split(ck_name, spec) if split is not None else None
         shape, ck_dtype = checkpoint.tensor_info(ck_name)
-        if tuple(shape) != expected[ours][0]:
-            bad.append(
-                f"{ck_name} has shape {list(shape)}, the config needs {list(expected[ours][0])}"
-            )
-        elif not (ck_dtype.is_floating_point or ck_dtype == torch.uint8):
-            bad.append(f"{ck_name} has dtype {ck_dtype}, expected a floating-point tensor")
-        sources[ours] = ck_name
+        if parts is None:
+            ours = family.tensor_name(ck_name)
+            if ours is None:
+                continue
+            parts = [(ours, None)]
+        for ours, take in parts:
+            if ours not in expected:
+                unexpected.append(ck_name if take is None else f"{ck_name} (as {ours})")
+                continue
+            if ours in sources:
+                bad.append(f"{ck_name} and {sources[ours][0]} both map to {ours}")
+                continue
+            got = _part_shape(shape, take)
+            if isinstance(got, str):  # the cut itself failed: said once per checkpoint tensor
+                bad.append(f"{ck_name} has shape {list(shape)}, which {got}")
+                break
+            if got != expected[ours][0]:
+                have = (
+                    list(shape) if take is None else f"{list(shape)} (its part {ours}: {list(got)})"
+                )
+                bad.append(
+                    f"{ck_name} has shape {have}, the config needs {list(expected[ours][0])}"
+                )
+            elif ours in exact and not expected[ours][1].is_floating_point:
+                if ck_dtype != expected[ours][1]:
+                    bad.append(f"{ck_name} has dtype {ck_dtype}, expected {expected[ours][1]}")
+            elif not (ck_dtype.is_floating_point or ck_dtype == torch.uint8):
+                bad.append(f"{ck_name} has dtype {ck_dtype}, expected a floating-point tensor")
+            sources[ours] = (ck_name, take)
     for alias, canonical in tied.items():
         if alias in sources and canonical not in sources:
             sources[canonical] = sources.pop(alias)
@@ -134,12 +163,30 @@ def load_weights(
         raise CheckpointError("checkpoint disagrees with its config: " + "; ".join(problems))
 
     state: dict[str, torch.Tensor] = {}
-    for ours, ck_name in sources.items():
-        state[ours] = checkpoint.tensor(ck_name).to(dtype)
+    read: dict[str, torch.Tensor] = {}  # checkpoint tensors cut into several parts: read once
+    for ours, (ck_name, take) in sources.items():
+        if take is None:
+            want = expected[ours][1] if ours in exact else dtype
+            state[ours] = checkpoint.tensor(ck_name).to(want)
+            continue
+        if ck_name not in read:
+            read[ck_name] = checkpoint.tensor(ck_name)
+        state[ours] = take(read[ck_name]).to(dtype).contiguous()
     for alias, canonical in tied.items():
         state[alias] = state[canonical]
     model.load_state_dict(state, strict=True, assign=True)
     retie(model, tied)
+
+
+def _part_shape(shape: tuple[int, ...], take: Take | None) -> tuple[int, ...] | str:
+    """The shape ``take`` makes of a checkpoint tensor of ``shape`` (on the meta device: no
+    data), or why it cannot."""
+    if take is None:
+        return tuple(shape)
+    try:
+        return tuple(take(torch.empty(tuple(shape), device="meta")).shape)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        return f"cannot be cut as the config says ({str(exc).splitlines()[0]})"
 
 
 def retie(model: torch.nn.Module, tied: dict[str, str]) -> None:
@@ -157,14 +204,6 @@ def resolve_component(registry: Registry, kind: str, selected: Any, spec: Any) -
     spec (``spec.<kind>`` names the entry, ``spec.<kind>_args`` sets its fields)."""
     if selected.name != "auto":
         return selected
-    name = getattr(spec, kind)
-    args = dict(getattr(spec, f"{kind}_args") or {})
-    entry = registry.get(kind, name)
-    fields = {f.name for f in dataclasses.fields(entry.config)} - {"name"}
-    unknown = sorted(set(args) - fields)
-    if unknown:
-        raise ConfigError(
-            f"model.spec.{kind}_args: {kind} {name!r} has no field(s) {', '.join(unknown)} "
-            f"(fields: {', '.join(sorted(fields)) or 'none'})"
-        )
-    return entry.config(**args)
+    return component_config(
+        registry, kind, getattr(spec, kind), getattr(spec, f"{kind}_args"), "model.spec"
+    )

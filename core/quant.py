@@ -1,4 +1,16 @@
-"""The quantizer interface: rewrites a model's linear layers to quantized ones."""
+"""The quantizer interface: rewrites a model's linear layers to quantized ones.
+
+Optional attributes a quantizer may have (read with ``getattr``; not part of the protocol):
+
+* ``calibration``: a :class:`plugformer.core.quantize.CalibrationRequest`; the engine then
+  passes ``quantize`` token ids drawn from the calibration text with the model's tokenizer;
+* ``keeps_checkpoint_quantization``: true when a quantized checkpoint (GPTQ directory, GGUF
+  Q4/Q8 weights) should run as it is stored (``quant=none``). Otherwise the quantizer gets float
+  weights: GGUF blocks are dequantized on load and GPTQ checkpoints are refused.
+
+Quantized layers are :class:`plugformer.core.qlinear.QuantLinear` (the GPTQ layout), which
+``plugformer quantize`` saves and ``model.path`` loads back.
+"""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ from plugformer.core.errors import (
     UnknownNameError,
 )
 from plugformer.core.family import FamilyConfig
+from plugformer.core.mlp import MLPConfig
+from plugformer.core.norm import NormConfig
 from plugformer.core.parallel import ParallelConfig
 from plugformer.core.positional import PositionalConfig
 from plugformer.core.quant import QuantConfig
@@ -32,6 +34,8 @@ from plugformer.core.sampler import SamplerConfig
 KINDS: dict[str, type] = {
     "attention": AttentionConfig,
     "positional": PositionalConfig,
+    "mlp": MLPConfig,
+    "norm": NormConfig,
     "sampler": SamplerConfig,
     "parallel": ParallelConfig,
     "quant": QuantConfig,

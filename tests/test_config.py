@@ -74,7 +74,16 @@ def test_bad_overrides_name_the_key(overrides, expected):
 def test_unknown_option_is_an_unknown_name_error():
     with pytest.raises(UnknownNameError) as info:
         plugformer.compose(["positional=alibii"])
-    assert info.value.valid == ["alibi", "auto", "none", "rope"]
+    assert info.value.valid == [
+        "alibi",
+        "auto",
+        "none",
+        "rope",
+        "rope_dynamic",
+        "rope_linear",
+        "rope_llama3",
+        "rope_yarn",
+    ]
 
 
 def test_no_target_anywhere_in_conf():

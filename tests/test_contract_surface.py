@@ -10,13 +10,15 @@ from plugformer.core import CONTRACT_VERSION, hookspec
 from plugformer.core.attention import Attention
 from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.family import ModelFamily
+from plugformer.core.mlp import MLP
+from plugformer.core.norm import Norm
 from plugformer.core.parallel import ParallelStrategy
 from plugformer.core.positional import PositionalEncoding
 from plugformer.core.quant import Quantizer
 from plugformer.core.registry import KINDS
 from plugformer.core.sampler import Sampler
 
-FROZEN_VERSION = "1.0"
+FROZEN_VERSION = "1.1"
 
 FROZEN_HOOKS = {
     # name: (signature, historic, firstresult)
@@ -28,6 +30,8 @@ FROZEN_HOOKS = {
 FROZEN_KINDS = {
     "attention": "AttentionConfig",
     "positional": "PositionalConfig",
+    "mlp": "MLPConfig",
+    "norm": "NormConfig",
     "sampler": "SamplerConfig",
     "parallel": "ParallelConfig",
     "quant": "QuantConfig",
@@ -38,6 +42,8 @@ FROZEN_KINDS = {
 FROZEN_PROTOCOLS = {
     Attention: ["__call__", "check"],
     PositionalEncoding: ["bias", "check", "prepare", "rotate"],
+    MLP: ["__call__", "check"],
+    Norm: ["__call__", "check"],
     Sampler: ["__call__", "check"],
     ParallelStrategy: ["check", "parallelize", "setup", "teardown"],
     Quantizer: ["check", "quantize"],

@@ -227,6 +227,27 @@ def test_engine_with_softcap_and_eta():
     assert first.prompt_token_ids == engine.tokenizer.encode("hi")
 
 
+def test_a_model_config_selects_softcap(tmp_path):
+    """A model whose own config names the third-party kernel: with ``attention=auto`` (the
+    default) the model's ``spec.attention`` is used, from an override or from a checkpoint."""
+    from plugformer.core.model.save import save_decoder
+
+    spec_overrides = [TINY, "model.spec.attention=softcap", "+model.spec.attention_args.cap=30"]
+    engine = plugformer.Engine.from_overrides(spec_overrides)
+    assert engine.config.attention.name == "auto"
+    assert engine.attention_config.name == "softcap" and engine.attention_config.cap == 30.0
+    assert type(engine.model.layers[0].attn.kernel).__name__ == "Softcap"
+    explicit = plugformer.Engine.from_overrides([TINY, "attention=softcap", "attention.cap=30"])
+    ids = torch.tensor([[1, 72, 105, 33, 10, 99, 3]])
+    assert torch.equal(engine.logits(ids), explicit.logits(ids))
+
+    # saved in plugformer's layout, the checkpoint's config.json names softcap itself
+    path = save_decoder(engine.model, tmp_path / "softcapped")
+    reloaded = plugformer.Engine.from_overrides([f"model.path={path}"])
+    assert reloaded.attention_config.name == "softcap" and reloaded.attention_config.cap == 30.0
+    assert torch.equal(reloaded.logits(ids), engine.logits(ids))
+
+
 def test_softcap_with_a_huge_cap_equals_gqa():
     overrides = [TINY, "model.seed=3"]
     softcap = plugformer.Engine.from_overrides(

@@ -1,8 +1,15 @@
 """The generic decoder: embedding, blocks of norm -> attention -> residual -> norm -> MLP ->
-residual, final norm, head. Attention kernels and positional encodings come from plugins.
+residual, final norm, head. Attention kernels, positional encodings, MLPs and norms come from
+plugins; the decoder itself imports none (its MLP and norm factories arrive as :class:`Parts`).
 
 Missing parts pass through (``embed``, ``norm`` or ``head`` set to None), so a pipeline stage is
 the same model with layers removed.
+
+Sliding windows: a key at position j is visible to a query at position i when
+``0 <= i - j < window``. The window is the model's (``spec.sliding_window``, from its
+checkpoint) or the attention kernel's (an optional ``window`` attribute, e.g.
+``attention.sliding_window``), the smaller when both are set. It is part of the mask built from
+positions in :meth:`Decoder._context`, so it holds through the KV cache too.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ import torch
 from torch import nn
 
 from plugformer.core.attention import Attention
+from plugformer.core.model.build import Parts, default_parts
 from plugformer.core.model.kv_cache import KVCache
-from plugformer.core.model.layers import MLP, make_norm
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.positional import PositionalEncoding
 
@@ -65,42 +72,66 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer (sequential or parallel attention/MLP)."""
+    """One decoder layer: sequential, or parallel attention and MLP (one shared norm, or one
+    each with ``parallel_mlp_norm``)."""
 
     def __init__(
-        self, spec: ModelSpec, layer: int, kernel: Attention, positional: PositionalEncoding
+        self,
+        spec: ModelSpec,
+        layer: int,
+        kernel: Attention,
+        positional: PositionalEncoding,
+        parts: Parts,
     ) -> None:
         super().__init__()
         self.parallel = spec.parallel_block
-        self.attn_norm = make_norm(spec)
+        self.attn_norm = parts.norm(spec.hidden_size)
         self.attn = SelfAttention(spec, layer, kernel, positional)
-        self.mlp_norm = None if spec.parallel_block else make_norm(spec)
-        self.mlp = MLP(spec)
+        own_mlp_norm = not spec.parallel_block or spec.parallel_mlp_norm
+        self.mlp_norm = parts.norm(spec.hidden_size) if own_mlp_norm else None
+        self.mlp = parts.mlp()
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         # x: [B, S, hidden]
         h = self.attn_norm(x)
         if self.parallel:
-            return x + self.attn(h, ctx) + self.mlp(h)
+            m = self.mlp_norm(x) if self.mlp_norm is not None else h
+            return x + (self.attn(h, ctx) + self.mlp(m))  # Falcon / GPT-J summation order
         x = x + self.attn(h, ctx)
         assert self.mlp_norm is not None
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(nn.Module):
-    """A decoder-only transformer assembled from a :class:`ModelSpec` and plugin parts."""
+    """A decoder-only transformer assembled from a :class:`ModelSpec` and plugin parts.
 
-    def __init__(self, spec: ModelSpec, kernel: Attention, positional: PositionalEncoding) -> None:
+    ``parts`` makes the MLPs and norms (see :func:`plugformer.core.model.build.build_parts`);
+    None resolves them from ``spec.mlp`` / ``spec.norm`` through the default plugin set.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kernel: Attention,
+        positional: PositionalEncoding,
+        parts: Parts | None = None,
+    ) -> None:
         super().__init__()
         spec.validate()
+        parts = parts or default_parts(spec)
         self.spec = spec
         self.positional = positional
+        windows = [w for w in (spec.sliding_window, getattr(kernel, "window", None)) if w]
+        self.window: int | None = min(windows) if windows else None
         self.embed: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.embed_norm = make_norm(spec) if spec.embedding_norm else None
-        self.layers = nn.ModuleList(
-            Block(spec, i, kernel, positional) for i in range(spec.num_layers)
+        self.pos_embed = (
+            nn.Embedding(spec.max_seq_len, spec.hidden_size) if spec.learned_positions else None
         )
-        self.norm: nn.Module | None = make_norm(spec)
+        self.embed_norm = parts.norm(spec.hidden_size) if spec.embedding_norm else None
+        self.layers = nn.ModuleList(
+            Block(spec, i, kernel, positional, parts) for i in range(spec.num_layers)
+        )
+        self.norm: nn.Module | None = parts.norm(spec.hidden_size)
         self.head: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -112,9 +143,24 @@ class Decoder(nn.Module):
                 module.weight.data.normal_(0.0, std, generator=generator)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.data.normal_(0.0, std, generator=generator)
-        for name, p in self.named_parameters():
-            if name.endswith("_norm.weight") or name == "norm.weight":
-                p.data.normal_(1.0, 0.1, generator=generator)
+        for name, module in self.named_modules():
+            if (name.endswith("_norm") or name == "norm") and hasattr(module, "weight"):
+                # scales near one; a norm storing its scale as an offset from one (Gemma's
+                # RMSNorm, ``unit_offset``) near zero
+                centre = 0.0 if getattr(module, "unit_offset", False) else 1.0
+                module.weight.data.normal_(centre, 0.1, generator=generator)
+
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        assert self.embed is not None
+        h = self.embed(ids)  # [B, S, hidden]
+        if self.spec.embedding_scale is not None:
+            # as Gemma: the scale as a float32 tensor cast to the weights' dtype
+            h = h * torch.tensor(self.spec.embedding_scale).to(h.dtype)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed(positions.clamp(min=0))  # padding may sit at position -1
+        if self.embed_norm is not None:
+            h = self.embed_norm(h)
+        return h
 
     def _context(
         self, positions: torch.Tensor, valid: torch.Tensor | None, cache: KVCache | None, dtype
@@ -126,7 +172,10 @@ class Decoder(nn.Module):
             slots = None
             k_pos = positions if valid is None else positions.masked_fill(~valid, -1)
         k_valid = k_pos >= 0  # [B, T]
-        allowed = k_valid.unsqueeze(1) & (k_pos.unsqueeze(1) <= positions.unsqueeze(2))  # [B,S,T]
+        behind = positions.unsqueeze(2) - k_pos.unsqueeze(1)  # [B, S, T] query - key position
+        allowed = k_valid.unsqueeze(1) & (behind >= 0)  # [B, S, T]
+        if self.window is not None:
+            allowed = allowed & (behind < self.window)
         # a padding query may see nothing: let it see everything instead of producing NaN
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
@@ -146,12 +195,10 @@ class Decoder(nn.Module):
         """Token ids [B, S] (or hidden states [B, S, hidden] when ``embed`` is None) at
         ``positions`` [B, S] (default 0..S-1) -> logits [B, S, vocab] (or hidden states when
         ``head`` is None). ``valid`` [B, S] marks real tokens (False: padding)."""
-        h = self.embed(x) if self.embed is not None else x  # [B, S, hidden]
-        if self.embed_norm is not None and self.embed is not None:
-            h = self.embed_norm(h)
-        b, s = h.shape[:2]
+        b, s = x.shape[:2]
         if positions is None:
-            positions = torch.arange(s, device=h.device).expand(b, s)
+            positions = torch.arange(s, device=x.device).expand(b, s)
+        h = self._embed(x, positions) if self.embed is not None else x  # [B, S, hidden]
         ctx = self._context(positions, valid, cache, h.dtype)
         for block in self.layers:
             h = block(h, ctx)

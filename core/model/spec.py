@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from plugformer.core.errors import ConfigError
+from plugformer.core.mlp import ACTIVATIONS
 
-NORMS = ("rmsnorm", "layernorm")
-MLPS = ("gated", "plain")  # gated: down(act(gate(x)) * up(x)); plain: down(act(up(x)))
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 MAX_LAYERS = 1024  # far above any published decoder; guards against absurd configs
 
 
@@ -25,24 +24,31 @@ class ModelSpec:
     head_dim: int | None = None  # None: hidden_size // num_heads
     intermediate_size: int = 0
     max_seq_len: int = 2048
-    norm: str = "rmsnorm"
     norm_eps: float = 1e-5
-    mlp: str = "gated"
     activation: str = "silu"  # gated + silu is SwiGLU, gated + gelu_tanh is GeGLU
     attention_bias: bool = False  # biases on q/k/v
     attention_out_bias: bool = False  # bias on the output projection
     mlp_bias: bool = False
-    norm_bias: bool = True  # layernorm only
-    parallel_block: bool = False  # attention and MLP read the same normed input (GPT-J, Falcon)
+    parallel_block: bool = False  # attention and MLP read the same input (GPT-J, Falcon)
+    parallel_mlp_norm: bool = False  # parallel blocks: the MLP has its own norm (Falcon 40B+)
     tie_embeddings: bool = False
     embedding_norm: bool = False  # a norm right after the embedding (BLOOM)
+    embedding_scale: float | None = None  # multiply the embedding output (Gemma: sqrt(hidden))
+    learned_positions: bool = False  # add a learned absolute position embedding (GPT-2)
     attention_scale: float | None = None  # None: 1/sqrt(head_dim)
-    # the model's own attention and positional encoding (registry names and config values),
-    # used when the config selects `attention=auto` / `positional=auto` (the default)
+    # a query sees itself and the sliding_window - 1 keys before it (Mistral); None: all
+    sliding_window: int | None = None
+    # the model's parts: registry names and their config values. Attention and positional are
+    # used when the config selects `attention=auto` / `positional=auto` (the default); the MLP
+    # and norm always (they own weights, so they are the checkpoint's, not a runtime choice)
     attention: str = "gqa"
     attention_args: dict[str, Any] = field(default_factory=dict)
     positional: str = "rope"
     positional_args: dict[str, Any] = field(default_factory=dict)
+    mlp: str = "gated"  # gated: down(act(gate(x)) * up(x)); plain: down(act(up(x))); moe
+    mlp_args: dict[str, Any] = field(default_factory=dict)
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kv_heads(self) -> int:
@@ -92,10 +98,33 @@ class ModelSpec:
             raise ConfigError(
                 f"{k('head_dim')}: expected a positive integer, got {self.head_dim!r}"
             )
-        if self.norm not in NORMS:
-            raise ConfigError(f"{k('norm')}: {self.norm!r} is not one of {', '.join(NORMS)}")
-        if self.mlp not in MLPS:
-            raise ConfigError(f"{k('mlp')}: {self.mlp!r} is not one of {', '.join(MLPS)}")
+        for key in ("attention", "positional", "mlp", "norm"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"{k(key)}: expected a registry name, got {getattr(self, key)!r}")
+            args = getattr(self, f"{key}_args")
+            if not isinstance(args, dict):
+                raise ConfigError(f"{k(key + '_args')}: expected a mapping, got {args!r}")
+        if self.sliding_window is not None and (
+            isinstance(self.sliding_window, bool)
+            or not isinstance(self.sliding_window, int)
+            or self.sliding_window <= 0
+        ):
+            raise ConfigError(
+                f"{k('sliding_window')}: expected a positive integer or null, "
+                f"got {self.sliding_window!r}"
+            )
+        if self.parallel_mlp_norm and not self.parallel_block:
+            raise ConfigError(
+                f"{k('parallel_mlp_norm')}: true needs {k('parallel_block')}: true "
+                "(a sequential block always has its own MLP norm)"
+            )
+        if self.embedding_scale is not None and not (
+            isinstance(self.embedding_scale, (int, float)) and 0 < self.embedding_scale < math.inf
+        ):
+            raise ConfigError(
+                f"{k('embedding_scale')}: expected a positive number or null, "
+                f"got {self.embedding_scale!r}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"{k('activation')}: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"

@@ -23,6 +23,9 @@ IMPLS = ("sdpa", "reference")
 class GQAConfig(AttentionConfig):
     name: str = "gqa"
     impl: str = "sdpa"  # sdpa | reference
+    # a query sees itself and the sliding_window - 1 keys before it (Mistral); None: the
+    # model's own window (spec.sliding_window), if any
+    sliding_window: int | None = None
 
 
 class GQA:
@@ -31,6 +34,7 @@ class GQA:
     def __init__(self, config: GQAConfig, dims: AttentionDims) -> None:
         self.config = config
         self.dims = dims
+        self.window = config.sliding_window  # applied by the decoder's mask
         self.groups = dims.num_heads // max(dims.num_kv_heads, 1)
 
     def check(self) -> list[str]:
@@ -42,6 +46,9 @@ class GQA:
             )
         if self.config.impl not in IMPLS:
             reasons.append(f"attention.impl={self.config.impl!r} is not one of {', '.join(IMPLS)}")
+        w = self.window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
+            reasons.append(f"attention.sliding_window={w!r} must be a positive integer or null")
         return reasons
 
     def __call__(

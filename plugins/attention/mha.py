@@ -21,6 +21,9 @@ IMPLS = ("sdpa", "reference")
 class MHAConfig(AttentionConfig):
     name: str = "mha"
     impl: str = "sdpa"  # sdpa | reference
+    # a query sees itself and the sliding_window - 1 keys before it (Mistral); None: the
+    # model's own window (spec.sliding_window), if any
+    sliding_window: int | None = None
 
 
 class MHA:
@@ -29,6 +32,7 @@ class MHA:
     def __init__(self, config: MHAConfig, dims: AttentionDims) -> None:
         self.config = config
         self.dims = dims
+        self.window = config.sliding_window  # applied by the decoder's mask
 
     def check(self) -> list[str]:
         reasons = []
@@ -39,6 +43,9 @@ class MHA:
             )
         if self.config.impl not in IMPLS:
             reasons.append(f"attention.impl={self.config.impl!r} is not one of {', '.join(IMPLS)}")
+        w = self.window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
+            reasons.append(f"attention.sliding_window={w!r} must be a positive integer or null")
         return reasons
 
     def __call__(

@@ -203,6 +203,23 @@ class GGUFCheckpoint:
         heads = self._heads(name)
         return unpermute_rows(t, heads) if heads else t
 
+    def quantized_type(self, name: str) -> str | None:
+        """``Q8_0``, ``Q4_0`` or ``Q4_1`` for a matrix stored in those blocks, else None (reads
+        no data). With :meth:`quantized_blocks`, lets the engine run such weights quantized
+        (:mod:`plugformer.core.qcheckpoint`) instead of dequantizing them on load."""
+        info = self.file.tensors.get(self._names.get(name, ""))
+        if info is None or info.type.block == 1 or len(info.ne) != 2:
+            return None
+        return info.type.name
+
+    def quantized_blocks(self, name: str) -> torch.Tensor:
+        """The undequantized blocks of a :meth:`quantized_type` matrix: uint8
+        [rows, columns / 32, block_bytes], rows in Hugging Face order (q/k un-permuted)."""
+        self.tensor_info(name)  # a clear error for an unknown name
+        blocks = self.file.blocks(self._names[name])
+        heads = self._heads(name)
+        return unpermute_rows(blocks, heads) if heads else blocks
+
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer and chat template in the metadata (None when the file has none)."""
         if "tokenizer.ggml.model" not in self.metadata:

@@ -17,7 +17,9 @@ class NoQuantConfig(QuantConfig):
 
 
 class NoQuant:
-    """Returns the model unchanged."""
+    """Returns the model unchanged (a quantized checkpoint runs as it is stored)."""
+
+    keeps_checkpoint_quantization = True  # GPTQ checkpoints and GGUF Q4/Q8 weights stay quantized
 
     def __init__(self, config: NoQuantConfig, spec: ModelSpec) -> None:
         self.config = config

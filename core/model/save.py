@@ -1,0 +1,45 @@
+"""Saving a decoder in plugformer's own layout: ``config.json`` (the :class:`ModelSpec` as JSON,
+``model_type: plugformer``) and ``model.safetensors`` (our parameter names). The ``plugformer``
+model family reads it back (``model.path=<dir>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from plugformer.core.model.spec import ModelSpec
+
+MODEL_TYPE = "plugformer"
+ARCHITECTURE = "PlugformerDecoder"
+
+
+def spec_to_config(spec: ModelSpec) -> dict:
+    """The config.json of a spec: its fields, plus what identifies the format."""
+    return {"architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, **dataclasses.asdict(spec)}
+
+
+def save_decoder(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write ``model`` (a :class:`~plugformer.core.model.decoder.Decoder`, unquantized and
+    whole) to ``directory``; a tied parameter is stored once, under its first name."""
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(
+            f"save_decoder needs a Decoder with a ModelSpec, got {type(model).__name__}"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue  # tied (the head sharing the embedding): the loader re-ties it
+        seen.add(id(tensor))
+        tensors[name] = tensor.detach().cpu().contiguous().clone()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(spec_to_config(spec), indent=2) + "\n")
+    return out

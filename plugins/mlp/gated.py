@@ -1,0 +1,47 @@
+"""Gated feed-forward block (Shazeer, 2020, "GLU Variants Improve Transformer", arXiv:2002.05202).
+
+``down(act(gate(x)) * up(x))``: SwiGLU with ``silu`` (Llama, Mistral, Qwen2, Phi-3), GeGLU with
+``gelu_tanh`` (Gemma). The activation and biases come from the model spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from plugformer.core import hookimpl
+from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activation
+
+
+@dataclass
+class GatedConfig(MLPConfig):
+    name: str = "gated"
+
+
+class GatedMLP(nn.Module):
+    """Gate and up projections, their elementwise product, down projection."""
+
+    def __init__(self, config: GatedConfig, dims: MLPDims) -> None:
+        super().__init__()
+        self.dims = dims
+        h, f, bias = dims.hidden_size, dims.intermediate_size, dims.bias
+        self.gate = nn.Linear(h, f, bias=bias)
+        self.up = nn.Linear(h, f, bias=bias)
+        self.down = nn.Linear(f, h, bias=bias)
+        self.act = ACTIVATIONS.get(dims.activation)
+
+    def check(self) -> list[str]:
+        if self.act is None:
+            return [f"activation {self.dims.activation!r} is not one of {', '.join(ACTIVATIONS)}"]
+        return []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, S, hidden] -> [B, S, hidden]
+        return self.down(activation(self.dims.activation)(self.gate(x)) * self.up(x))
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("mlp", "gated", GatedMLP, GatedConfig)

@@ -1,0 +1,153 @@
+"""Falcon model family (Almazrouei et al., 2023, "The Falcon Series of Open Language Models",
+arXiv:2311.16867).
+
+LayerNorm, a plain GELU MLP and rotary positions, with attention and MLP in parallel off the
+same input. Three attention layouts share the fused ``query_key_value`` tensor: multi-query
+(Falcon-7B: all query heads, then one key and one value head), the "new decoder architecture"
+(Falcon-40B/180B: per KV group its query heads, then its key and value head, with separate
+``ln_attn`` / ``ln_mlp`` norms) and multi-head (per head its q, k, v). All three are the grouped
+layout ``[kv_heads, heads / kv_heads + 2, head_dim]`` (one group, or one head per group), which
+is how it is cut on load. ALiBi Falcons (``alibi: true``, the RW-1B models) scale ALiBi with
+the scores and are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from plugformer.core import hookimpl
+from plugformer.core.family import FamilyConfig, TensorPart
+from plugformer.core.hf_config import decoder_tp_plan, hf_activation, hf_value, refuse
+from plugformer.core.hf_config import rope_positional as rope
+from plugformer.core.model.spec import ModelSpec
+
+_PARTS = {
+    "self_attention.dense": "attn.wo",
+    "mlp.dense_h_to_4h": "mlp.up",
+    "mlp.dense_4h_to_h": "mlp.down",
+    "input_layernorm": "attn_norm",
+    "ln_attn": "attn_norm",
+    "post_attention_layernorm": "mlp_norm",
+    "ln_mlp": "mlp_norm",
+}
+_TOP = {
+    "word_embeddings.weight": "embed.weight",
+    "ln_f.weight": "norm.weight",
+    "ln_f.bias": "norm.bias",
+    "lm_head.weight": "head.weight",
+}
+NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+
+
+@dataclass
+class FalconConfig(FamilyConfig):
+    name: str = "falcon"
+
+
+def _get(c: dict[str, Any], key: str, alias: str, kind: type, default: Any = ...) -> Any:
+    return hf_value(c, key if key in c else alias, kind, default)
+
+
+def _layer(hf_name: str) -> tuple[int, str, str] | None:
+    name = hf_name.removeprefix("transformer.")
+    if not name.startswith("h."):
+        return None
+    layer, _, rest = name[2:].partition(".")
+    part, _, leaf = rest.rpartition(".")
+    return (int(layer), part, leaf) if layer.isdigit() else None
+
+
+class Falcon:
+    """The Falcon family."""
+
+    architectures = ("FalconForCausalLM",)
+    model_types = ("falcon",)
+
+    def __init__(self, config: FalconConfig) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        return []
+
+    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+        c = hf_config
+        if hf_value(c, "alibi", bool, False):
+            raise refuse("alibi", True, "Falcon's ALiBi variant (scaled with the scores)")
+        new = hf_value(c, "new_decoder_architecture", bool, False)
+        parallel = hf_value(c, "parallel_attn", bool, True)
+        norms = hf_value(c, "num_ln_in_parallel_attn", int, 2 if new else 1)
+        if new and not parallel:
+            raise refuse("parallel_attn", False, "new_decoder_architecture needs it true")
+        if norms not in (1, 2) or (norms == 2 and not new and parallel):
+            raise refuse("num_ln_in_parallel_attn", norms, "1, or 2 with new_decoder_architecture")
+        heads = _get(c, "num_attention_heads", "n_head", int)
+        hidden = _get(c, "hidden_size", "n_embed", int)
+        if new:
+            kv = _get(c, "num_kv_heads", "n_head_kv", int, heads)
+        else:
+            kv = 1 if hf_value(c, "multi_query", bool, True) else heads
+        bias = hf_value(c, "bias", bool, False)
+        max_pos = hf_value(c, "max_position_embeddings", int, 2048)
+        positional, positional_args, max_seq_len = rope(c, hidden // max(heads, 1), max_pos)
+        spec = ModelSpec(
+            vocab_size=hf_value(c, "vocab_size", int),
+            hidden_size=hidden,
+            num_layers=_get(c, "num_hidden_layers", "n_layer", int),
+            num_heads=heads,
+            num_kv_heads=kv,
+            intermediate_size=hf_value(c, "ffn_hidden_size", int, 4 * hidden),
+            max_seq_len=max_seq_len,
+            norm="layernorm",
+            norm_eps=hf_value(c, "layer_norm_epsilon", float, 1e-5),
+            mlp="plain",
+            activation=hf_activation(c, "activation", "gelu", ("gelu",)),
+            attention_bias=bias,
+            attention_out_bias=bias,
+            mlp_bias=bias,
+            parallel_block=parallel,
+            parallel_mlp_norm=parallel and new and norms == 2,
+            tie_embeddings=hf_value(c, "tie_word_embeddings", bool, True),
+            attention="gqa",
+            positional=positional,
+            positional_args=positional_args,
+        )
+        spec.validate("config.json", NAMES)
+        return spec
+
+    def tensor_name(self, hf_name: str) -> str | None:
+        if hf_name.removeprefix("transformer.") in _TOP:
+            return _TOP[hf_name.removeprefix("transformer.")]
+        found = _layer(hf_name)
+        if found and found[1] in _PARTS:
+            return f"layers.{found[0]}.{_PARTS[found[1]]}.{found[2]}"
+        return hf_name
+
+    def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
+        found = _layer(hf_name)
+        if not found or found[1] != "self_attention.query_key_value":
+            return None
+        layer, _, leaf = found
+        h, kv, d = spec.num_heads, spec.kv_heads, spec.dim_per_head
+        g = h // kv
+
+        def cut(t: torch.Tensor, which: int) -> torch.Tensor:
+            rest = t.shape[1:]  # weight [rows, hidden] or bias [rows]
+            t = t.reshape(kv, g + 2, d, *rest)  # per KV group: g query heads, a key, a value
+            piece = t[:, :g] if which == 0 else t[:, g + which - 1]
+            return piece.reshape(-1, *rest)
+
+        return [
+            (f"layers.{layer}.attn.{ours}.{leaf}", lambda t, i=i: cut(t, i))
+            for i, ours in enumerate(("wq", "wk", "wv"))
+        ]
+
+    def tp_plan(self) -> dict[str, str]:
+        return decoder_tp_plan("plain")
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("family", "falcon", Falcon, FalconConfig)

@@ -1,0 +1,71 @@
+"""Gemma model family (Gemma Team, 2024, "Gemma: Open Models Based on Gemini Research and
+Technology", arXiv:2403.08295).
+
+A Llama-shaped decoder with GeGLU (tanh-approximated GELU, ``gelu_pytorch_tanh``), the token
+embedding scaled by ``sqrt(hidden_size)``, RMSNorm weights stored as offsets from one
+(``x * (1 + weight)``, the ``rmsnorm`` plugin's ``unit_offset``) and tied embeddings. Gemma 2 and
+later (soft-capping, alternating windows) are other architectures and are not read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plugformer.core import hookimpl
+from plugformer.core.family import FamilyConfig
+from plugformer.core.hf_config import (
+    HF_ACTIVATIONS,
+    decoder_tp_plan,
+    hf_value,
+    llama_like_spec,
+    llama_tensor_name,
+    refuse,
+)
+from plugformer.core.model.spec import ModelSpec
+
+
+@dataclass
+class GemmaConfig(FamilyConfig):
+    name: str = "gemma"
+
+
+class Gemma:
+    """The Gemma family."""
+
+    architectures = ("GemmaForCausalLM",)
+    model_types = ("gemma",)
+
+    def __init__(self, config: GemmaConfig) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        return []
+
+    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+        c = hf_config
+        if hf_value(c, "use_bidirectional_attention", bool, False):
+            raise refuse("use_bidirectional_attention", True, "plugformer decodes causally")
+        bias = hf_value(c, "attention_bias", bool, False)
+        return llama_like_spec(
+            c,
+            activations=("gelu_pytorch_tanh", "gelu"),
+            # transformers reads Gemma's legacy "gelu" as the tanh approximation, and so do we
+            activation=HF_ACTIVATIONS["gelu_pytorch_tanh"],
+            norm_args={"unit_offset": True},
+            embedding_scale=hf_value(c, "hidden_size", int) ** 0.5,
+            tie_embeddings=hf_value(c, "tie_word_embeddings", bool, True),
+            attention_bias=bias,
+            attention_out_bias=bias,
+        )
+
+    def tensor_name(self, hf_name: str) -> str | None:
+        return llama_tensor_name(hf_name)
+
+    def tp_plan(self) -> dict[str, str]:
+        return decoder_tp_plan("gated")
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("family", "gemma", Gemma, GemmaConfig)

@@ -1,0 +1,146 @@
+"""GPT-2 model family (Radford et al., 2019, "Language Models are Unsupervised Multitask
+Learners"; OpenAI's model card).
+
+Learned absolute position embeddings added to the token embedding, LayerNorm, biases
+everywhere, a plain GELU MLP (``gelu_new``, the tanh approximation) and tied embeddings.
+GPT-2 stores its projections as ``Conv1D`` weights, ``[in, out]``: they are transposed on load,
+and the fused ``c_attn`` (query, key, value columns) is cut into three. Names with and without
+the ``transformer.`` prefix (published checkpoints have none) are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plugformer.core import hookimpl
+from plugformer.core.family import FamilyConfig, TensorPart, expect_shape
+from plugformer.core.hf_config import decoder_tp_plan, hf_activation, hf_value, refuse
+from plugformer.core.model.spec import ModelSpec
+
+_NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
+_CONV1D = {"attn.c_proj": "attn.wo", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+_TOP = {
+    "wte.weight": "embed.weight",
+    "wpe.weight": "pos_embed.weight",
+    "ln_f.weight": "norm.weight",
+    "ln_f.bias": "norm.bias",
+    "lm_head.weight": "head.weight",
+}
+NAMES = {
+    "hidden_size": "n_embd",
+    "num_layers": "n_layer",
+    "num_heads": "n_head",
+    "max_seq_len": "n_positions",
+    "intermediate_size": "n_inner",
+}
+
+
+@dataclass
+class GPT2Config(FamilyConfig):
+    name: str = "gpt2"
+
+
+def _layer(hf_name: str) -> tuple[int, str, str] | None:
+    name = hf_name.removeprefix("transformer.")
+    if not name.startswith("h."):
+        return None
+    layer, _, rest = name[2:].partition(".")
+    part, _, leaf = rest.rpartition(".")
+    return (int(layer), part, leaf) if layer.isdigit() else None
+
+
+class GPT2:
+    """The GPT-2 family."""
+
+    architectures = ("GPT2LMHeadModel",)
+    model_types = ("gpt2",)
+
+    def __init__(self, config: GPT2Config) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        return []
+
+    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+        c = hf_config
+        if hf_value(c, "scale_attn_by_inverse_layer_idx", bool, False):
+            raise refuse("scale_attn_by_inverse_layer_idx", True, "one softmax scale for all")
+        if hf_value(c, "add_cross_attention", bool, False):
+            raise refuse("add_cross_attention", True, "plugformer runs decoder-only models")
+        hidden = hf_value(c, "n_embd", int)
+        scaled = hf_value(c, "scale_attn_weights", bool, True)
+        spec = ModelSpec(
+            vocab_size=hf_value(c, "vocab_size", int),
+            hidden_size=hidden,
+            num_layers=hf_value(c, "n_layer", int),
+            num_heads=hf_value(c, "n_head", int),
+            intermediate_size=hf_value(c, "n_inner", int, 4 * hidden),
+            max_seq_len=hf_value(c, "n_positions", int, 1024),
+            norm="layernorm",
+            norm_eps=hf_value(c, "layer_norm_epsilon", float, 1e-5),
+            mlp="plain",
+            activation=hf_activation(
+                c, "activation_function", "gelu_new", ("gelu_new", "gelu", "relu")
+            ),
+            attention_bias=True,
+            attention_out_bias=True,
+            mlp_bias=True,
+            learned_positions=True,
+            tie_embeddings=hf_value(c, "tie_word_embeddings", bool, True),
+            attention_scale=None if scaled else 1.0,
+            attention="mha",
+            positional="none",
+        )
+        spec.validate("config.json", NAMES)
+        return spec
+
+    def tensor_name(self, hf_name: str) -> str | None:
+        name = hf_name.removeprefix("transformer.")
+        if name in _TOP:
+            return _TOP[name]
+        found = _layer(hf_name)
+        if found:
+            layer, part, leaf = found
+            if part == "attn" and leaf in ("bias", "masked_bias"):
+                return None  # old checkpoints store the causal mask as a buffer
+            if part in _NORMS:
+                return f"layers.{layer}.{_NORMS[part]}.{leaf}"
+            if part in _CONV1D and leaf == "bias":
+                return f"layers.{layer}.{_CONV1D[part]}.bias"
+        return hf_name
+
+    def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
+        found = _layer(hf_name)
+        if not found:
+            return None
+        layer, part, leaf = found
+        prefix = f"layers.{layer}"
+        if part in _CONV1D and leaf == "weight":  # Conv1D [in, out] -> Linear [out, in]
+            return [(f"{prefix}.{_CONV1D[part]}.weight", lambda t: t.t())]
+        if part == "attn.c_attn":  # columns (weight [in, 3h]) or entries (bias [3h]): q, k, v
+            h = spec.hidden_size
+            if leaf == "weight":
+                return [
+                    (
+                        f"{prefix}.attn.{ours}.weight",
+                        lambda t, i=i: expect_shape(t, None, 3 * h)[:, i * h : (i + 1) * h].t(),
+                    )
+                    for i, ours in enumerate(("wq", "wk", "wv"))
+                ]
+            return [
+                (
+                    f"{prefix}.attn.{ours}.bias",
+                    lambda t, i=i: expect_shape(t, 3 * h)[i * h : (i + 1) * h],
+                )
+                for i, ours in enumerate(("wq", "wk", "wv"))
+            ]
+        return None
+
+    def tp_plan(self) -> dict[str, str]:
+        return decoder_tp_plan("plain")
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("family", "gpt2", GPT2, GPT2Config)

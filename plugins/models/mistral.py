@@ -1,0 +1,53 @@
+"""Mistral model family (Jiang et al., 2023, "Mistral 7B", arXiv:2310.06825).
+
+A Llama-shaped decoder (RMSNorm, SwiGLU, grouped-query attention, RoPE) whose attention may
+look back only ``sliding_window`` positions; the window is applied in the decoder's mask, so it
+holds through the KV cache as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plugformer.core import hookimpl
+from plugformer.core.family import FamilyConfig
+from plugformer.core.hf_config import (
+    decoder_tp_plan,
+    llama_like_spec,
+    llama_tensor_name,
+    sliding_window,
+)
+from plugformer.core.model.spec import ModelSpec
+
+
+@dataclass
+class MistralConfig(FamilyConfig):
+    name: str = "mistral"
+
+
+class Mistral:
+    """The Mistral family."""
+
+    architectures = ("MistralForCausalLM",)
+    model_types = ("mistral",)
+
+    def __init__(self, config: MistralConfig) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        return []
+
+    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+        return llama_like_spec(hf_config, sliding_window=sliding_window(hf_config))
+
+    def tensor_name(self, hf_name: str) -> str | None:
+        return llama_tensor_name(hf_name)
+
+    def tp_plan(self) -> dict[str, str]:
+        return decoder_tp_plan("gated")
+
+
+@hookimpl
+def plugformer_register(registry):
+    registry.register("family", "mistral", Mistral, MistralConfig)

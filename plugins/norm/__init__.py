@@ -1,0 +1,1 @@
+"""Norm plugins: the normalisation layers of the decoder (RMSNorm, LayerNorm)."""

@@ -1,0 +1,252 @@
+"""The GPTQ checkpoint layout, field by field: a model we quantize saves and loads back to
+identical logits; a checkpoint packed by hand the way transformers/AutoGPTQ lay it out loads
+and matches transformers running the same weights dequantized; bad files are refused before
+any weights are read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from test_quant_pack import autogptq_pack_rows
+
+import plugformer
+from plugformer.core.errors import CheckpointError, ConfigError
+from plugformer.core.qlinear import QuantLinear
+from plugformer.core.qsave import save_quantized
+
+transformers = pytest.importorskip("transformers")
+
+IDS = torch.tensor([[1, 17, 42, 99, 5, 150, 3, 77, 8, 64, 12, 31]])
+PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = transformers.LlamaConfig(
+        vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path, safe_serialization=True)
+    _char_tokenizer().save(str(path / "tokenizer.json"))  # calibration text needs a tokenizer
+    return model, path
+
+
+def _char_tokenizer():
+    """One token per printable ASCII character (a BPE without merges), 97 ids."""
+    from tokenizers import Tokenizer, models
+
+    chars = ["[UNK]", "\n", *map(chr, range(32, 127))]
+    return Tokenizer(models.BPE({c: i for i, c in enumerate(chars)}, [], unk_token="[UNK]"))
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny, tmp_path_factory):
+    """GPTQ 4-bit, act-order, asymmetric, saved by plugformer."""
+    _, path = tiny
+    engine = plugformer.Engine.from_overrides(
+        [f"model.path={path}", "quant=gptq", "quant.group_size=32", "quant.desc_act=true",
+         "quant.sym=false", "quant.nsamples=8", "quant.seqlen=64"]
+    )  # fmt: skip
+    out = save_quantized(engine, tmp_path_factory.mktemp("gptq"))
+    return engine, out
+
+
+def test_saved_directory_has_the_gptq_layout(quantized):
+    _, out = quantized
+    config = json.loads((out / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert {k: qc[k] for k in ("quant_method", "bits", "group_size", "desc_act", "sym")} == {
+        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False,
+    }  # fmt: skip
+    assert qc["checkpoint_format"] == "gptq" and qc["pack_dtype"] == "int32"
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        p = "model.layers.1.mlp.down_proj."
+        assert {p + s for s in ("qweight", "qzeros", "scales", "g_idx")} <= names
+        assert p + "weight" not in names
+        assert f.get_slice(p + "qweight").get_shape() == [128 * 4 // 32, 64]
+        assert f.get_slice(p + "qzeros").get_shape() == [128 // 32, 64 * 4 // 32]
+        assert f.get_slice(p + "scales").get_shape() == [128 // 32, 64]
+        assert f.get_slice(p + "g_idx").get_shape() == [128]
+        assert str(f.get_slice(p + "qweight").get_dtype()) == "I32"
+        assert str(f.get_slice(p + "scales").get_dtype()) == "F16"
+        assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
+
+
+def test_saved_model_loads_back_to_identical_logits(quantized):
+    engine, out = quantized
+    loaded = plugformer.Engine.from_overrides([f"model.path={out}"])
+    assert torch.equal(loaded.logits(IDS), engine.logits(IDS))
+    before = dict(engine.model.named_modules())
+    for name, m in loaded.model.named_modules():
+        if isinstance(m, QuantLinear):
+            assert torch.equal(m.g_idx, before[name].g_idx)  # act-order survives
+            assert torch.equal(m.qweight, before[name].qweight)
+    assert sum(isinstance(m, QuantLinear) for m in loaded.model.modules()) == 14
+
+
+def test_a_quantized_checkpoint_refuses_another_quantizer(quantized):
+    _, out = quantized
+    with pytest.raises(ConfigError, match=r"already quantized .* runs as it is with quant=none"):
+        plugformer.Engine.from_overrides([f"model.path={out}", "quant=rtn"])
+
+
+# -- a checkpoint packed by hand, as transformers / AutoGPTQ write it --------------------------
+def _pack_by_hand(w: torch.Tensor, bits: int, group_size: int, fmt: str = "gptq"):
+    """Asymmetric RTN of w [out, in] and AutoGPTQ's packing: (tensors, dequantized weight)."""
+    out_f, in_f = w.shape
+    maxq = 2**bits - 1
+    wg = w.reshape(out_f, in_f // group_size, group_size)
+    lo = wg.min(-1).values.clamp(max=0)
+    hi = wg.max(-1).values.clamp(min=0)
+    scale = ((hi - lo) / maxq).half()  # [out, groups]
+    zero = torch.round(-lo / scale.float()).clamp(1, maxq)
+    q = torch.clamp(torch.round(wg / scale.float()[..., None]) + zero[..., None], 0, maxq)
+    deq = (scale.float()[..., None] * (q - zero[..., None])).reshape(out_f, in_f)
+    ints = q.reshape(out_f, in_f).t().numpy().astype(np.uint32)  # [in, out]
+    stored = (zero - (1 if fmt == "gptq" else 0)).t().numpy().astype(np.uint32)  # [groups, out]
+    tensors = {
+        "qweight": torch.from_numpy(autogptq_pack_rows(ints, bits)),
+        "qzeros": torch.from_numpy(autogptq_pack_rows(stored.T.copy(), bits).T.copy()),
+        "scales": scale.t().contiguous(),
+        "g_idx": torch.arange(in_f, dtype=torch.int32) // group_size,
+    }
+    return tensors, deq
+
+
+def _write_hand_packed(tiny, path: Path, bits=4, group_size=32, fmt="gptq", **qc_extra):
+    model, src = tiny
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    deq_state = dict(state)
+    tensors = {}
+    for name, t in state.items():
+        prefix = name[: -len("weight")]
+        if name.endswith(".weight") and any(f".{p}." in name for p in PROJ):
+            packed, deq = _pack_by_hand(t, bits, group_size, fmt)
+            tensors.update({prefix + k: v for k, v in packed.items()})
+            deq_state[name] = deq
+        else:
+            tensors[name] = t
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "model.safetensors"))
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
+        "sym": False, "checkpoint_format": fmt, "damp_percent": 0.1, **qc_extra,
+    }  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config))
+    return deq_state
+
+
+@pytest.mark.parametrize("bits,fmt", [(4, "gptq"), (8, "gptq"), (3, "gptq"), (4, "gptq_v2")])
+def test_hand_packed_checkpoint_matches_transformers_on_dequantized_weights(
+    tiny, tmp_path, bits, fmt
+):
+    model, _ = tiny
+    deq_state = _write_hand_packed(tiny, tmp_path / "ck", bits=bits, fmt=fmt)
+    oracle = transformers.LlamaForCausalLM(model.config).eval()
+    oracle.load_state_dict(deq_state)
+    engine = plugformer.Engine.from_overrides([f"model.path={tmp_path / 'ck'}"])
+    assert sum(isinstance(m, QuantLinear) for m in engine.model.modules()) == 14
+    with torch.no_grad():
+        expected = oracle(IDS).logits
+    # fp32 on CPU, the same weights: transformers' default fp32 tolerances
+    torch.testing.assert_close(engine.logits(IDS), expected)
+
+
+def _corrupt(tiny, tmp_path, edit=None, **qc):
+    _write_hand_packed(tiny, tmp_path / "ck", **qc)
+    if edit is not None:
+        path = tmp_path / "ck" / "model.safetensors"
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        edit(tensors)
+        save_file(tensors, str(path))
+    return tmp_path / "ck"
+
+
+def _set_qc(path: Path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"].update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+QW = "model.layers.0.self_attn.q_proj."
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"quant_method": "awq"}, "quant_method 'awq' is not supported (supported: gptq)"),
+        ({"bits": 5}, "bits=5 is not supported (supported: 2, 3, 4, 8)"),
+        ({"bits": 8}, f"{QW}qweight has shape [8, 64]; 8-bit GPTQ packing of 64 -> 64 "
+                      "features with group_size=32 needs [16, 64]"),
+        ({"group_size": 48}, "layer model.layers.0.self_attn.q_proj (64 -> 64): group_size=48 "
+                             "does not divide in_features=64"),
+        ({"checkpoint_format": "marlin"}, "checkpoint_format 'marlin' is not supported"),
+        ({"pack_dtype": "int16"}, "pack_dtype 'int16' is not supported"),
+    ],
+)  # fmt: skip
+def test_bad_quantization_config_is_refused(tiny, tmp_path, change, message):
+    path = _corrupt(tiny, tmp_path)
+    _set_qc(path, **change)
+    with pytest.raises(CheckpointError) as info:
+        plugformer.Engine.from_overrides([f"model.path={path}"])
+    assert message in str(info.value)
+
+
+def test_qweight_shape_inconsistent_with_bits(tiny, tmp_path):
+    def widen(t):
+        t[QW + "qweight"] = torch.zeros(16, 64, dtype=torch.int32)
+
+    path = _corrupt(tiny, tmp_path, widen)
+    with pytest.raises(
+        CheckpointError,
+        match=r"q_proj.qweight has shape \[16, 64\]; 4-bit GPTQ "
+        r"packing of 64 -> 64 features with group_size=32 needs \[8, 64\]",
+    ):
+        plugformer.Engine.from_overrides([f"model.path={path}"])
+
+
+def test_g_idx_out_of_range(tiny, tmp_path):
+    def bad(t):
+        t[QW + "g_idx"][3] = 2
+
+    path = _corrupt(tiny, tmp_path, bad)
+    with pytest.raises(CheckpointError, match=r"q_proj.g_idx holds 2, outside the 2 groups"):
+        plugformer.Engine.from_overrides([f"model.path={path}"])
+
+
+def test_missing_and_mistyped_tensors(tiny, tmp_path):
+    def edit(t):
+        del t[QW + "qzeros"]
+        t["model.layers.1.mlp.up_proj.qweight"] = t["model.layers.1.mlp.up_proj.qweight"].long()
+
+    path = _corrupt(tiny, tmp_path, edit)
+    with pytest.raises(CheckpointError) as info:
+        plugformer.Engine.from_overrides([f"model.path={path}"])
+    assert f"{QW}qzeros is missing" in str(info.value)
+    assert "up_proj.qweight has dtype torch.int64, expected torch.int32" in str(info.value)
+
+
+def test_missing_g_idx_defaults_to_sequential_groups(tiny, tmp_path):
+    def drop(t):
+        for k in [k for k in t if k.endswith("g_idx")]:
+            del t[k]
+
+    reference = plugformer.Engine.from_overrides([f"model.path={_corrupt(tiny, tmp_path)}"])
+    path = _corrupt(tiny, tmp_path / "b", drop)
+    engine = plugformer.Engine.from_overrides([f"model.path={path}"])
+    assert torch.equal(engine.logits(IDS), reference.logits(IDS))

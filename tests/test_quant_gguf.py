@@ -1,0 +1,107 @@
+"""GGUF Q8_0/Q4_0/Q4_1 weights run quantized (QuantLinear, group size 32), with the same
+float32 logits as dequantizing them on load, and ggml's exact dequantized values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import plugformer
+from plugformer.core.qlinear import QuantLinear
+from plugformer.plugins.quant.none import NoQuant
+
+gguf = pytest.importorskip("gguf")
+QT = gguf.GGMLQuantizationType
+VT = gguf.GGUFValueType
+
+HIDDEN, FFN, HEADS, KV_HEADS, VOCAB = 64, 128, 4, 2, 96
+IDS = torch.tensor([[1, 17, 42, 9, 5, 50, 3, 77, 8, 64]])
+
+
+def _write_tiny_llama(path: Path, qtype) -> dict[str, np.ndarray]:
+    """A tiny llama GGUF with every linear weight in ``qtype``; returns the written floats
+    by GGUF name (q/k rows are random anyway, so no permutation is needed to be consistent)."""
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, vtype, value in [
+        ("llama.context_length", VT.UINT32, 128), ("llama.embedding_length", VT.UINT32, HIDDEN),
+        ("llama.block_count", VT.UINT32, 2), ("llama.feed_forward_length", VT.UINT32, FFN),
+        ("llama.attention.head_count", VT.UINT32, HEADS),
+        ("llama.attention.head_count_kv", VT.UINT32, KV_HEADS),
+        ("llama.attention.layer_norm_rms_epsilon", VT.FLOAT32, 1e-5),
+    ]:  # fmt: skip
+        w.add_key_value(key, value, vtype)
+    hd = HIDDEN // HEADS
+    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,)}
+    for i in range(2):
+        b = f"blk.{i}."
+        shapes |= {
+            b + "attn_q.weight": (HEADS * hd, HIDDEN),
+            b + "attn_k.weight": (KV_HEADS * hd, HIDDEN),
+            b + "attn_v.weight": (KV_HEADS * hd, HIDDEN),
+            b + "attn_output.weight": (HIDDEN, HIDDEN),
+            b + "ffn_gate.weight": (FFN, HIDDEN), b + "ffn_up.weight": (FFN, HIDDEN),
+            b + "ffn_down.weight": (HIDDEN, FFN), b + "attn_norm.weight": (HIDDEN,),
+            b + "ffn_norm.weight": (HIDDEN,),
+        }  # fmt: skip
+    written = {}
+    for name, shape in shapes.items():
+        data = (rng.standard_normal(shape) * (0.1 if len(shape) == 2 else 1)).astype(np.float32)
+        kind = qtype if len(shape) == 2 and name != "token_embd.weight" else QT.F32
+        if kind == QT.F32:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        written[name] = data
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return written
+
+
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_0, QT.Q4_1], ids=lambda t: t.name)
+def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, monkeypatch, qtype):
+    path = tmp_path / "tiny.gguf"
+    written = _write_tiny_llama(path, qtype)
+    engine = plugformer.Engine.from_overrides([f"model.path={path}"])
+    layers = {n: m for n, m in engine.model.named_modules() if isinstance(m, QuantLinear)}
+    assert len(layers) == 14
+    m = layers["layers.1.mlp.down"]
+    assert (m.bits, m.group_size) == ((8, 32) if qtype == QT.Q8_0 else (4, 32))
+    assert m.zero_format == ("float" if qtype == QT.Q4_1 else "gptq")
+    # ggml's dequantization (the gguf package's reference), exactly
+    blocks = gguf.quants.quantize(written["blk.1.ffn_down.weight"], qtype)
+    want = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy())
+    assert torch.equal(m.dequantize(), want)
+    quantized_logits = engine.logits(IDS)
+
+    monkeypatch.setattr(NoQuant, "keeps_checkpoint_quantization", False)
+    floats = plugformer.Engine.from_overrides([f"model.path={path}"])
+    assert not any(isinstance(m, QuantLinear) for m in floats.model.modules())
+    assert torch.equal(quantized_logits, floats.logits(IDS))
+
+
+def test_bf16_runs_the_int4_kernel(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama(path, QT.Q4_1)
+    engine = plugformer.Engine.from_overrides([f"model.path={path}", "model.dtype=bfloat16"])
+    reference = plugformer.Engine.from_overrides([f"model.path={path}"]).logits(IDS)
+    logits = engine.logits(IDS)
+    m = engine.model.get_submodule("layers.0.attn.wq")
+    assert m._kernel_names == {(torch.device("cpu"), torch.bfloat16): "torch_int4"}
+    # bf16 activations through 2 layers: logits agree to bf16 precision (~1e-2 relative)
+    torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
+
+
+def test_other_quantizers_get_float_weights(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama(path, QT.Q4_1)
+    engine = plugformer.Engine.from_overrides(
+        [f"model.path={path}", "quant=rtn", "quant.bits=8", "quant.group_size=32"]
+    )
+    layers = [m for m in engine.model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 14 and all(m.bits == 8 and m.zero_format == "gptq" for m in layers)

@@ -170,7 +170,7 @@ def test_bad_options_are_refused_and_the_engine_keeps_working(tiny, kwargs, mess
 
 @pytest.mark.parametrize("prompt", ["", [], [10**6], [-1]])
 def test_bad_prompts_are_refused(tiny, prompt):
-    with pytest.raises(plugformer.ValidationError, match="prompt|token_ids"):
+    with pytest.raises(plugformer.ValidationError, match=r"prompt|token_ids"):
         tiny.generate(prompt)
 
 

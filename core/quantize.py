@@ -177,29 +177,40 @@ def _subsets(block: nn.Module, x: torch.Tensor, ctx: Any) -> list[list[str]]:
     return subsets
 
 
-class _Collect:
-    """Hooks that feed each layer's inputs to its statistics and stop the forward pass once
-    the last of them (in call order) has seen its input."""
+def _inputs(block: nn.Module, linears: dict[str, nn.Linear], x: torch.Tensor, ctx: Any):
+    """The inputs ``linears`` get when ``block`` runs on ``x`` (the pass stops after the last
+    of them, in call order)."""
+    got: dict[str, torch.Tensor] = {}
+    last = list(linears)[-1]
 
-    def __init__(self, linears: dict[str, nn.Linear], new_stats: Callable[[nn.Linear], Any]):
-        self.stats = {name: new_stats(m) for name, m in linears.items()}
-        self.last = list(linears)[-1]
-        self.handles = [
-            m.register_forward_pre_hook(functools.partial(self._hook, name))
-            for name, m in linears.items()
-        ]
-
-    def _hook(self, name: str, _m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-        self.stats[name].add(inp[0])
-        if name == self.last:
+    def hook(name: str, _m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        got[name] = inp[0]
+        if name == last:
             raise _Stop
 
-    def __enter__(self) -> dict[str, Any]:
-        return self.stats
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
+    handles = [
+        m.register_forward_pre_hook(functools.partial(hook, name)) for name, m in linears.items()
+    ]
+    try:
+        with contextlib.suppress(_Stop):
+            block(x, ctx)
+    finally:
+        for handle in handles:
             handle.remove()
+    return got
+
+
+@contextlib.contextmanager
+def _weights(linears: dict[str, nn.Linear], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run the block with ``weights`` (its float weights), then put the current ones back."""
+    current = {name: m.weight.detach().clone() for name, m in linears.items()}
+    for name, m in linears.items():
+        m.weight.copy_(weights[name])
+    try:
+        yield
+    finally:
+        for name, m in linears.items():
+            m.weight.copy_(current[name])
 
 
 @torch.no_grad()
@@ -210,15 +221,18 @@ def quantize_sequentially(
     solve: Solve,
     label: str = "quantizing",
     batch_size: int = 8,
+    float_inputs: bool = False,
 ) -> None:
     """Quantize the blocks' linear layers one block at a time, each layer calibrated on the
     inputs it gets once the layers before it (this block's included) are quantized.
 
-    ``new_stats(linear)`` makes a statistics object with ``add(x)`` (x: [..., in_features]);
-    ``solve(path, linear, stats)`` returns the layer's :class:`QuantLinear`. Inside a block,
-    layers that read the same input (q/k/v, gate/up) are calibrated together (GPTQ's
-    ``true_sequential``). A layer's float weight is replaced by its dequantized weight for the
-    later passes, and every layer is swapped for its ``QuantLinear`` at the end."""
+    ``new_stats(linear)`` makes a statistics object with ``add(x)`` (x: [..., in_features]),
+    or with ``float_inputs`` ``add(x, x_float)``, ``x_float`` being the input the layer gets
+    in the float model at the same positions. ``solve(path, linear, stats)`` returns the
+    layer's :class:`QuantLinear`. Inside a block, layers that read the same input (q/k/v,
+    gate/up) are calibrated together (GPTQ's ``true_sequential``). A layer's float weight is
+    replaced by its dequantized weight for the later passes, and every layer is swapped for
+    its ``QuantLinear`` at the end."""
     layers: Any = model.layers
     lengths = {t.shape[-1] for t in calibration}
     chunks = [t.reshape(1, -1) for t in calibration]
@@ -241,21 +255,34 @@ def quantize_sequentially(
                 model(ids.to(device))
     finally:
         handle.remove()
+    hidden_fp = list(hidden)  # the float model's stream (used with float_inputs)
     swaps: list[tuple[str, QuantLinear]] = []
     with Progress(label, len(layers), unit="layers") as bar:
         for i, block in enumerate(layers):
             linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+            floats = {n: m.weight.detach().clone() for n, m in linears.items()}
             for subset in _subsets(block, hidden[0], contexts[0]) if linears else []:
-                with _Collect({n: linears[n] for n in subset}, new_stats) as stats:
-                    for h, ctx in zip(hidden, contexts, strict=True):
-                        with contextlib.suppress(_Stop):
-                            block(h, ctx)
+                chosen = {n: linears[n] for n in subset}
+                stats = {n: new_stats(linears[n]) for n in subset}
+                for c, ctx in enumerate(contexts):
+                    x = _inputs(block, chosen, hidden[c], ctx)
+                    if float_inputs:
+                        with _weights(linears, floats):
+                            x_fp = _inputs(block, chosen, hidden_fp[c], ctx)
+                        for n in subset:
+                            stats[n].add(x[n], x_fp[n])
+                    else:
+                        for n in subset:
+                            stats[n].add(x[n])
                 for name in subset:
                     linear = linears[name]
                     q = solve(f"layers.{i}.{name}", linear, stats.pop(name))
                     linear.weight.copy_(q.dequantize(linear.weight.dtype).to(linear.weight.device))
                     swaps.append((f"layers.{i}.{name}", q))
             hidden = [block(h, ctx) for h, ctx in zip(hidden, contexts, strict=True)]
+            if float_inputs:
+                with _weights(linears, floats):
+                    hidden_fp = [block(h, ctx) for h, ctx in zip(hidden_fp, contexts, strict=True)]
             bar.update(1)
     for path, q in swaps:
         swap_module(model, path, q.to(device))

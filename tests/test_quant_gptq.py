@@ -14,7 +14,7 @@ from plugformer.core.qlinear import QuantLinear
 from plugformer.core.qmath import grid, rtn
 from plugformer.core.quantize import CalibrationRequest, calibration_samples
 from plugformer.core.tokenizer import ByteTokenizer
-from plugformer.plugins.quant.gptq import Hessian, gptq
+from plugformer.plugins.quant.gptq import Hessian, float_target, gptq
 
 HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
 
@@ -53,6 +53,25 @@ def test_gptq_has_lower_output_error_than_rtn_on_a_layer(bits, group_size, sym, 
     if desc_act and group_size != -1:  # act-order: g_idx is a permutation of the groups
         assert not torch.equal(g_idx, torch.arange(128, dtype=torch.int32) // group_size)
         assert torch.equal(g_idx.sort().values, torch.arange(128, dtype=torch.int32) // group_size)
+
+
+def test_float_targets_fit_the_float_models_output():
+    linear, calib, held = _layer_and_inputs()
+    g = torch.Generator().manual_seed(5)
+    drift = lambda x: x + 0.3 * torch.randn(x.shape, generator=g) * x.std(0)  # noqa: E731
+    stats = Hessian(128, torch.device("cpu"), float_inputs=True)
+    calib_q = drift(calib)  # what the layer sees in the quantized model
+    for xq, xf in zip(calib_q.split(256), calib.split(256), strict=True):
+        stats.add(xq, xf)
+    target = float_target(linear.weight.detach(), stats, 0.01)
+
+    def error(w, x_fp, x_q):  # |W x_fp - Q x_q|^2 with Q from GPTQ on w
+        q, s, z, g_idx = gptq(w, stats.H, 4, 32, False, False, 0.01, 128)
+        layer = QuantLinear.from_ints(q, s, z, g_idx, 4, 32, sym=False)
+        with torch.no_grad():
+            return (linear(x_fp) - layer(x_q)).pow(2).mean()
+
+    assert error(target, calib, calib_q) < 0.7 * error(linear.weight.detach(), calib, calib_q)
 
 
 def test_hessian_is_the_running_mean_of_2xxT():

@@ -19,6 +19,14 @@ reference implementation:
   layers before it, q/k/v and gate/up together (``true_sequential``;
   :func:`plugformer.core.quantize.quantize_sequentially`).
 
+Two refinements, on by default because they lower SmolLM2's perplexity (see
+``benchmarks/quant_quality.py``): ``mse`` clips each group's grid by the search of the
+reference's ``--mse`` option, and ``float_targets`` fits each layer to the float model's output
+(on the float model's inputs) rather than to its own float weights on the quantized model's
+inputs -- GPTAQ's asymmetric objective (Li et al., 2025, arXiv:2504.02692), solved here by
+moving the target weight to its least-squares optimum before the GPTQ pass
+(:func:`float_target`), which costs a second, float, calibration stream.
+
 Calibration: ``nsamples`` windows of ``seqlen`` tokens from a text file (``calibration``) or the
 built-in English text. Output: the GPTQ checkpoint layout (``plugformer quantize`` saves it).
 """
@@ -56,7 +64,8 @@ class GPTQConfig(QuantConfig):
     sym: bool = True
     desc_act: bool = False  # act-order: columns by decreasing Hessian diagonal
     damp_percent: float = 0.01
-    mse: bool = False  # clip each group's range by grid search (GPTQ's --mse)
+    mse: bool = True  # clip each group's range by grid search (GPTQ's --mse)
+    float_targets: bool = True  # fit layers to the float model's outputs (GPTAQ's objective)
     block_size: int = 128  # columns per lazy batch update
     calibration: str | None = None  # a UTF-8 text file; None: the built-in English text
     nsamples: int = 32
@@ -65,19 +74,42 @@ class GPTQConfig(QuantConfig):
 
 
 class Hessian:
-    """Running ``2/n * sum(x x^T)`` over the calibration inputs of one layer."""
+    """Running ``H = 2/n * sum(x x^T)`` over the calibration inputs ``x`` of one layer and,
+    given the float model's inputs ``x_fp`` too, ``C = 2/n * sum((x_fp - x) x^T)``."""
 
-    def __init__(self, columns: int, device: torch.device) -> None:
+    def __init__(self, columns: int, device: torch.device, float_inputs: bool = False) -> None:
         self.H = torch.zeros(columns, columns, device=device)
+        self.C = torch.zeros(columns, columns, device=device) if float_inputs else None
         self.count = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # [tokens, in]
         n = x.shape[0]
-        self.H *= self.count / (self.count + n)
+        keep = self.count / (self.count + n)
         self.count += n
-        x = math.sqrt(2 / self.count) * x
-        self.H += x.t() @ x
+        a = math.sqrt(2 / self.count)
+        self.H *= keep
+        self.H += (a * x).t() @ (a * x)
+        if self.C is not None and x_fp is not None:
+            self.C *= keep
+            self.C += (a * (x_fp.reshape(-1, x.shape[-1]).float() - x)).t() @ (a * x)
+
+
+def float_target(W: torch.Tensor, stats: Hessian, damp_percent: float) -> torch.Tensor:
+    """The weight whose output on the quantized model's inputs best matches the float layer's
+    output on the float model's inputs: ``W + W C H^-1`` (least squares, ``H`` dampened).
+    GPTQ on it minimises ``|W X_fp - Q X|^2``, the asymmetric calibration objective of GPTAQ
+    (Li et al., 2025, arXiv:2504.02692), instead of ``|(W - Q) X|^2``."""
+    assert stats.C is not None
+    H = stats.H.double()
+    damp = damp_percent * float(torch.diag(H).mean())
+    if damp == 0:
+        return W
+    L, info = torch.linalg.cholesky_ex(H + damp * torch.eye(H.shape[0], dtype=H.dtype))
+    if int(info):
+        return W
+    WC = W.double() @ stats.C.double()  # [out, in]
+    return (W.double() + torch.cholesky_solve(WC.t(), L).t()).float()
 
 
 def inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -171,8 +203,11 @@ class GPTQ:
 
     def _solve(self, path: str, linear: nn.Linear, stats: Hessian) -> QuantLinear:
         c = self.config
+        weight = linear.weight.detach().float()
+        if stats.C is not None:
+            weight = float_target(weight, stats, c.damp_percent)
         q, scales, zeros, g_idx = gptq(
-            linear.weight, stats.H, c.bits, c.group_size, c.sym, c.desc_act,
+            weight, stats.H, c.bits, c.group_size, c.sym, c.desc_act,
             c.damp_percent, c.block_size, c.mse,
         )  # fmt: skip
         return QuantLinear.from_ints(
@@ -195,9 +230,10 @@ class GPTQ:
         quantize_sequentially(
             model,
             calibration,
-            lambda linear: Hessian(linear.in_features, linear.weight.device),
+            lambda linear: Hessian(linear.in_features, linear.weight.device, c.float_targets),
             self._solve,
             label=f"gptq {c.bits}-bit {gs}{' act-order' if c.desc_act else ''}",
+            float_inputs=c.float_targets,
         )
         self.seconds = time.perf_counter() - start  # read by `plugformer quantize`
         return model

@@ -5,7 +5,8 @@ GGUF is llama.cpp's single-file format: a header, metadata key-values, tensor in
 Reads GGUF v2 and v3 (little-endian) with its own reader over ``mmap``: metadata of every value
 type (nested arrays too), tensor infos and the aligned data section. F32, F16 and BF16 tensors
 come memory-mapped in their own dtype; Q8_0, Q4_0 and Q4_1 blocks are dequantized to float32 on
-load (:mod:`plugformer.core.gguf_quants`).
+load (:mod:`plugformer.core.gguf_quants`), or handed out raw (:meth:`GGUFFile.blocks`) for
+quantized execution (:mod:`plugformer.core.qcheckpoint`).
 
 Every declared count, length and size is checked against the real file size before it is used,
 so a malformed file is a :class:`CheckpointError` naming the file and the field, never a crash,

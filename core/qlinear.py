@@ -16,19 +16,24 @@ Weight ``W[o, i] = scales[g_idx[i], o] * (q[i, o] - zero[g_idx[i], o])``. GGUF Q
 minimum that is not an integer zero point; for them ``offsets`` float16 [groups, out] replaces
 ``qzeros`` and ``W[o, i] = scales[g, o] * q[i, o] + offsets[g, o]`` (ggml's arithmetic).
 
-Kernels, chosen per input device and dtype (``backend="auto"``); measured on a 2-vCPU AVX-512
-machine, a [1536 x 576] layer, one thread:
+Kernels (:mod:`plugformer.core.qkernels`), chosen per input device and dtype
+(``backend="auto"``). Measured with ``benchmarks/quant_quality.py`` on the 2-vCPU AVX-512 machine,
+one [1536 x 576] layer, 2 threads, microseconds for 1 / 128 tokens (fp32 F.linear: 48 / 1053,
+bf16 F.linear: 40 / 251; the 3.5 MB fp32 weight sits in cache here, so whole-model decode gains
+more, being bound by memory bandwidth):
 
 * CPU, bfloat16/float16 activations, 4 bits, groups of 32/64/128/256 (or per-channel over an
   input size that is a multiple of 32), ``out % 16 == 0``: ``torch._weight_int4pack_mm_for_cpu``
-  (27-31 us per token vs 61 us for a bf16 ``F.linear``; 1.3 ms for 128 tokens);
+  (16 / 629);
 * CPU, bfloat16/float16, 8 bits, one group per channel, ``in % 16 == 0``:
-  ``torch._weight_int8pack_mm`` (25 us per token) plus a rank-1 zero-point correction;
-* CUDA with Triton: the dequant-matmul kernels of :mod:`plugformer.core.qmatmul_triton`;
+  ``torch._weight_int8pack_mm`` plus a rank-1 zero-point correction (15 / 711);
+* CUDA with Triton: the dequant-matmul kernel of :mod:`plugformer.core.qmatmul_triton`;
 * everything else, float32 activations included: the weight dequantized once into a cached
-  ``F.linear`` weight of the activation dtype. The packed CPU ops take float32 activations too,
-  but ran 40x (per token) to 180x (128 tokens) slower than with bfloat16, slower than dequantizing;
-  so float32 models compute exactly the dequantized reference, at float memory cost.
+  ``F.linear`` weight of the activation dtype (49 / 1069). The packed CPU ops accept float32
+  activations too, but ran 40x (1 token) to 180x (128 tokens) slower than with bfloat16 in a
+  one-thread measurement, slower than dequantizing; so float32 models compute exactly the
+  dequantized reference, at float memory cost. ``reference`` dequantizes on every call
+  (1035 / 2101) and keeps no float copy.
 """
 
 from __future__ import annotations
@@ -37,14 +42,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from plugformer.core.qkernels import make_kernel
 from plugformer.core.qpack import SUPPORTED_BITS, pack, run_length, unpack
 
 BACKENDS = ("auto", "dequant", "reference", "torch_int4", "torch_int8", "triton")
 ZERO_FORMATS = ("gptq", "gptq_v2", "float")
-INT4_GROUPS = (256, 128, 64, 32)  # group sizes torch's int4 CPU op accepts
 
 
 def layout_problems(in_features: int, out_features: int, bits: int, group_size: int) -> list[str]:
@@ -239,129 +243,6 @@ class QuantLinear(nn.Module):
             f"group_size={self.group_size}, sym={self.sym}, desc_act={self.desc_act}, "
             f"zero_format={self.zero_format}, bias={self.bias is not None}"
         )
-
-
-# -- kernels -------------------------------------------------------------------------------
-def _contiguous_groups(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
-    """(permutation of the input features that makes groups contiguous, or None when they
-    already are; the group size) or None when groups are not of equal size."""
-    k = m.in_features
-    if m.groups == 1:
-        return None, k
-    gs = k // m.groups
-    if gs * m.groups != k:
-        return None
-    g = m.g_idx.long()
-    expected = torch.arange(k, device=g.device) // gs
-    if torch.equal(g, expected):
-        return None, gs
-    perm = torch.argsort(g, stable=True)
-    return (perm, gs) if torch.equal(g[perm], expected) else None
-
-
-def int4_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
-    """How torch's int4 CPU op can run this layer: (input permutation, op group size)."""
-    if m.bits != 4 or m.out_features % 16:
-        return None
-    layout = _contiguous_groups(m)
-    if layout is None:
-        return None
-    perm, gs = layout
-    if m.groups == 1:  # per channel: repeat the one group over op-sized groups
-        gs = next((s for s in INT4_GROUPS if m.in_features % s == 0), 0)
-    return (perm, gs) if gs in INT4_GROUPS else None
-
-
-def _with_bias(fn: Callable[[torch.Tensor], torch.Tensor], m: QuantLinear, dtype: torch.dtype):
-    bias = None if m.bias is None else m.bias.to(dtype)
-    out_features = m.out_features
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        y = fn(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], out_features)
-        return y if bias is None else y + bias
-
-    return run
-
-
-def _int4_kernel(m: QuantLinear, dtype: torch.dtype):
-    plan = int4_plan(m)
-    assert plan is not None
-    perm, gs = plan
-    q = m.int_weight()  # [in, out]
-    s, o = m.scales_offsets()  # [groups, out]
-    if perm is not None:
-        q = q[perm]
-    if m.groups == 1:
-        s, o = s.expand(m.in_features // gs, -1), o.expand(m.in_features // gs, -1)
-    # torch's int4 op computes (q - 8) * scale + zero
-    scale_zero = torch.stack([s, o + 8 * s], dim=-1).to(dtype).contiguous()  # [G, out, 2]
-    packed = torch._convert_weight_to_int4pack_for_cpu(q.t().contiguous(), 2)
-
-    def mm(x2: torch.Tensor) -> torch.Tensor:
-        if perm is not None:
-            x2 = x2.index_select(1, perm)
-        return torch._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, gs, scale_zero)
-
-    return _with_bias(mm, m, dtype)
-
-
-def int8_ok(m: QuantLinear) -> bool:
-    return m.bits == 8 and m.groups == 1 and m.in_features % 16 == 0
-
-
-def _int8_kernel(m: QuantLinear, dtype: torch.dtype):
-    w8 = (m.int_weight().t() - 128).to(torch.int8).contiguous()  # [out, in]
-    s, o = m.scales_offsets()
-    scale = s[0].to(dtype)
-    corr = o[0] + 128 * s[0]  # W = s * (q - 128) + corr
-    correction = corr.to(dtype) if bool(corr.any()) else None
-
-    def mm(x2: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x2.contiguous(), w8, scale)
-        return y if correction is None else y + x2.sum(-1, keepdim=True) * correction
-
-    return _with_bias(mm, m, dtype)
-
-
-def make_kernel(
-    m: QuantLinear, device: torch.device, dtype: torch.dtype, backend: str
-) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """(backend, function computing ``m``'s forward for inputs on ``device`` in ``dtype``)."""
-    fast_cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
-    if backend == "auto":
-        if device.type == "cuda" and m.bits in (2, 4, 8) and _triton_ok():
-            backend = "triton"
-        elif fast_cpu and int4_plan(m) is not None:
-            backend = "torch_int4"
-        elif fast_cpu and int8_ok(m):
-            backend = "torch_int8"
-        else:
-            backend = "dequant"
-    if backend == "torch_int4":
-        if not fast_cpu or int4_plan(m) is None:
-            raise ValueError(f"torch_int4 cannot run {m.extra_repr()} on {device} {dtype}")
-        return backend, _int4_kernel(m, dtype)
-    if backend == "torch_int8":
-        if not fast_cpu or not int8_ok(m):
-            raise ValueError(f"torch_int8 cannot run {m.extra_repr()} on {device} {dtype}")
-        return backend, _int8_kernel(m, dtype)
-    if backend == "triton":
-        from plugformer.core.qmatmul_triton import triton_kernel
-
-        return backend, triton_kernel(m, dtype)
-    bias = None if m.bias is None else m.bias.to(dtype)
-    if backend == "reference":  # dequantize on every call: no float copy kept
-        return backend, lambda x: F.linear(x, m.dequantize(dtype), bias)
-    weight = m.dequantize(dtype)
-    return "dequant", lambda x: F.linear(x, weight, bias)
-
-
-def _triton_ok() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def swap_module(root: nn.Module, path: str, new: nn.Module) -> None:

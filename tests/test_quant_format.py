@@ -70,6 +70,9 @@ def test_saved_directory_has_the_gptq_layout(quantized):
         "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False,
     }  # fmt: skip
     assert qc["checkpoint_format"] == "gptq" and qc["pack_dtype"] == "int32"
+    theirs = transformers.GPTQConfig.from_dict(qc)  # transformers validates it as its own
+    assert (theirs.bits, theirs.group_size, theirs.sym, theirs.desc_act) == (4, 32, False, True)
+    assert theirs.format == "gptq"
     assert config["architectures"] == ["LlamaForCausalLM"]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         names = set(f.keys())
@@ -250,3 +253,18 @@ def test_missing_g_idx_defaults_to_sequential_groups(tiny, tmp_path):
     path = _corrupt(tiny, tmp_path / "b", drop)
     engine = plugformer.Engine.from_overrides([f"model.path={path}"])
     assert torch.equal(engine.logits(IDS), reference.logits(IDS))
+
+
+def test_cli_quantize_with_gptq_writes_a_loadable_directory(tiny, tmp_path, capsys):
+    from plugformer.core.cli import main
+
+    _, path = tiny
+    out = tmp_path / "out"
+    args = [f"model.path={path}", "quant=gptq", "quant.group_size=32", "quant.nsamples=4",
+            "quant.seqlen=32"]  # fmt: skip
+    assert main(["quantize", *args, f"output_dir={out}"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith("quantized 14 linear layers (4-bit, group_size=32, asym, act-")
+    engine = plugformer.Engine.from_overrides([f"model.path={out}"])
+    assert sum(isinstance(m, QuantLinear) for m in engine.model.modules()) == 14
+    assert (out / "tokenizer.json").is_file()

@@ -56,7 +56,7 @@ def test_gptq_has_lower_output_error_than_rtn_on_a_layer(bits, group_size, sym, 
 
 
 def test_float_targets_fit_the_float_models_output():
-    linear, calib, _held = _layer_and_inputs()
+    linear, calib, _ = _layer_and_inputs()
     g = torch.Generator().manual_seed(5)
     drift = lambda x: x + 0.3 * torch.randn(x.shape, generator=g) * x.std(0)  # noqa: E731
     stats = Hessian(128, torch.device("cpu"), float_inputs=True)

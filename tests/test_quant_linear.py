@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugformer.core.qlinear import QuantLinear, int4_plan, layout_problems
+from plugformer.core.qkernels import int4_plan
+from plugformer.core.qlinear import QuantLinear, layout_problems
 from plugformer.core.qmath import rtn
 from plugformer.core.qpack import pack
 

@@ -3,7 +3,9 @@
 The file itself is read by :mod:`plugformer.core.gguf_file` (spec: ggml-org/ggml, docs/gguf.md).
 This plugin speaks Hugging Face: ``hf_config`` is built from the metadata (llama and qwen2), tensor
 names are transformers' names, and llama's q/k projections are un-permuted from the
-interleaved-rope row order llama.cpp's converter writes.
+interleaved-rope row order llama.cpp's converter writes. Q8_0/Q4_0/Q4_1 matrices are also
+offered undequantized (``quantized_type``/``quantized_blocks``), so ``quant=none`` runs them
+quantized (:mod:`plugformer.core.qcheckpoint`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,147 @@
+"""The forward kernels of :class:`~plugformer.core.qlinear.QuantLinear`, chosen per input
+device and dtype (see :mod:`plugformer.core.qlinear` for the measurements behind the choice).
+
+* ``torch_int4``: ``torch._weight_int4pack_mm_for_cpu`` (bf16/fp16 activations, 4 bits, group
+  sizes 32-256, act-order through an input permutation); it computes ``(q - 8) * s + z``;
+* ``torch_int8``: ``torch._weight_int8pack_mm`` (bf16/fp16, 8 bits per channel) plus a rank-1
+  zero-point correction;
+* ``triton``: the GPU dequant-matmul of :mod:`plugformer.core.qmatmul_triton`;
+* ``dequant``: the weight dequantized once into an ``F.linear`` weight (float32 uses this: the
+  exact reference); ``reference``: dequantized on every call (no float copy kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from plugformer.core.qlinear import QuantLinear
+
+INT4_GROUPS = (256, 128, 64, 32)  # group sizes torch's int4 CPU op accepts
+Kernel = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _contiguous_groups(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+    """(permutation of the input features that makes groups contiguous, or None when they
+    already are; the group size) or None when groups are not of equal size."""
+    k = m.in_features
+    if m.groups == 1:
+        return None, k
+    gs = k // m.groups
+    if gs * m.groups != k:
+        return None
+    g = m.g_idx.long()
+    expected = torch.arange(k, device=g.device) // gs
+    if torch.equal(g, expected):
+        return None, gs
+    perm = torch.argsort(g, stable=True)
+    return (perm, gs) if torch.equal(g[perm], expected) else None
+
+
+def int4_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+    """How torch's int4 CPU op can run this layer: (input permutation, op group size)."""
+    if m.bits != 4 or m.out_features % 16:
+        return None
+    layout = _contiguous_groups(m)
+    if layout is None:
+        return None
+    perm, gs = layout
+    if m.groups == 1:  # per channel: repeat the one group over op-sized groups
+        gs = next((s for s in INT4_GROUPS if m.in_features % s == 0), 0)
+    return (perm, gs) if gs in INT4_GROUPS else None
+
+
+def _with_bias(fn: Kernel, m: QuantLinear, dtype: torch.dtype) -> Kernel:
+    bias = None if m.bias is None else m.bias.to(dtype)
+    out_features = m.out_features
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        y = fn(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], out_features)
+        return y if bias is None else y + bias
+
+    return run
+
+
+def _int4_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
+    plan = int4_plan(m)
+    assert plan is not None
+    perm, gs = plan
+    q = m.int_weight()  # [in, out]
+    s, o = m.scales_offsets()  # [groups, out]
+    if perm is not None:
+        q = q[perm]
+    if m.groups == 1:
+        s, o = s.expand(m.in_features // gs, -1), o.expand(m.in_features // gs, -1)
+    # torch's int4 op computes (q - 8) * scale + zero
+    scale_zero = torch.stack([s, o + 8 * s], dim=-1).to(dtype).contiguous()  # [G, out, 2]
+    packed = torch._convert_weight_to_int4pack_for_cpu(q.t().contiguous(), 2)
+
+    def mm(x2: torch.Tensor) -> torch.Tensor:
+        if perm is not None:
+            x2 = x2.index_select(1, perm)
+        return torch._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, gs, scale_zero)
+
+    return _with_bias(mm, m, dtype)
+
+
+def int8_ok(m: QuantLinear) -> bool:
+    return m.bits == 8 and m.groups == 1 and m.in_features % 16 == 0
+
+
+def _int8_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
+    w8 = (m.int_weight().t() - 128).to(torch.int8).contiguous()  # [out, in]
+    s, o = m.scales_offsets()
+    scale = s[0].to(dtype)
+    corr = o[0] + 128 * s[0]  # W = s * (q - 128) + corr
+    correction = corr.to(dtype) if bool(corr.any()) else None
+
+    def mm(x2: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int8pack_mm(x2.contiguous(), w8, scale)
+        return y if correction is None else y + x2.sum(-1, keepdim=True) * correction
+
+    return _with_bias(mm, m, dtype)
+
+
+def make_kernel(
+    m: QuantLinear, device: torch.device, dtype: torch.dtype, backend: str
+) -> tuple[str, Kernel]:
+    """(backend, function computing ``m``'s forward for inputs on ``device`` in ``dtype``)."""
+    fast_cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    if backend == "auto":
+        if device.type == "cuda" and m.bits in (2, 4, 8) and _triton_ok():
+            backend = "triton"
+        elif fast_cpu and int4_plan(m) is not None:
+            backend = "torch_int4"
+        elif fast_cpu and int8_ok(m):
+            backend = "torch_int8"
+        else:
+            backend = "dequant"
+    if backend == "torch_int4":
+        if not fast_cpu or int4_plan(m) is None:
+            raise ValueError(f"torch_int4 cannot run {m.extra_repr()} on {device} {dtype}")
+        return backend, _int4_kernel(m, dtype)
+    if backend == "torch_int8":
+        if not fast_cpu or not int8_ok(m):
+            raise ValueError(f"torch_int8 cannot run {m.extra_repr()} on {device} {dtype}")
+        return backend, _int8_kernel(m, dtype)
+    if backend == "triton":
+        from plugformer.core.qmatmul_triton import triton_kernel
+
+        return backend, triton_kernel(m, dtype)
+    bias = None if m.bias is None else m.bias.to(dtype)
+    if backend == "reference":  # dequantize on every call: no float copy kept
+        return backend, lambda x: F.linear(x, m.dequantize(dtype), bias)
+    weight = m.dequantize(dtype)
+    return "dequant", lambda x: F.linear(x, weight, bias)
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -9,6 +9,6 @@ from plugformer.core.hookspec import hookimpl
 #: Bump it with any change that ``tests/test_contract_surface.py`` catches.
 #: 1.1: registry kinds ``mlp`` and ``norm`` (interfaces in ``core/mlp.py``, ``core/norm.py``);
 #: optional ``ModelFamily.tensor_parts`` and ``Attention.window``.
-CONTRACT_VERSION = "1.1"
+CONTRACT_VERSION = "1.2"
 
 __all__ = ["CONTRACT_VERSION", "hookimpl"]

@@ -2,13 +2,26 @@
 
 Run one configuration per process (peak resident memory is a high-water mark of the
 process); ``benchmarks/compare.py`` runs several, and the peers, side by side.
+
+Memory fields (MB = 10**6 bytes for weights, MiB for resident sizes, as the kernel reports):
+
+* ``weights_mb``: the weights as loaded, after the first forward: the distinct storages of the
+  model's parameters and buffers plus the copies quantized kernels keep (``kernel_copies_mb``
+  of it: the dequantized float32 weight of a Q4_1 layer in a float32 model, torch's int4/int8
+  packed layouts beside the GPTQ-layout buffers);
+* ``baseline_rss_mb``: the resident size right before the first weight is read (interpreter,
+  torch and what it imports, tokenizer, checkpoint metadata);
+* ``load_peak_rss_mb``: the high-water mark when the engine is built (before any forward);
+* ``peak_rss_mb``: the high-water mark of the whole run (the 512-token prefill's full
+  float32 logits included);
+* ``peak_over_weights`` and ``peak_above_baseline_over_weights``: ``peak / weights`` and
+  ``(peak - baseline) / weights``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -16,23 +29,16 @@ from typing import Any
 
 import torch
 
+from plugformer.core import memory
 from plugformer.core.config import Config
 from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _weights_mb(model: torch.nn.Module) -> float:
-    seen: set[int] = set()
-    total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total / 1e6
+def _rss_mb() -> float:
+    """The resident memory now (after loading, freed temporaries no longer count)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch: int = 8) -> dict:
@@ -40,9 +46,13 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
     from plugformer.core.engine import Engine
 
     torch.manual_seed(0)
+    memory.marks.clear()
+    before = memory.rss_mb()
     t0 = time.perf_counter()
     engine = Engine(config)
     load_s = time.perf_counter() - t0
+    load_peak = memory.peak_rss_mb()
+    baseline = memory.marks.get("baseline_rss_mb", before)  # no checkpoint: before the engine
     vocab = engine.spec.vocab_size
     result: dict[str, Any] = {
         "model": config.model.name,
@@ -50,7 +60,6 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
         "quant": config.quant.name,
         "threads": torch.get_num_threads(),
         "load_s": round(load_s, 2),
-        "weights_mb": round(_weights_mb(engine.model), 1),
     }
     ids = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(0))
     engine.logits(ids[:, :16])  # warm-up
@@ -99,7 +108,18 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
             chain.sample(logits, ctx, gen)
             samples.append(time.perf_counter() - t)
         result[name] = round(statistics.median(samples) * 1e3, 3)
-    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    result.update(memory.report(engine.model, baseline, load_peak))
+    result["rss_mb"] = round(_rss_mb(), 1)
+    if engine.parallel.world_size > 1:  # every rank's memory, reported by rank 0
+        import torch.distributed as dist
+
+        per_rank: list[Any] = [None] * engine.parallel.world_size
+        dist.all_gather_object(per_rank, (result["peak_rss_mb"], result["rss_mb"]))
+        result["parallel"] = f"{config.parallel.name} x{engine.parallel.world_size}"
+        result["rank_peak_rss_mb"] = [p for p, _ in per_rank]
+        result["rank_rss_mb"] = [r for _, r in per_rank]
+    result["rank"] = engine.parallel.rank
+    engine.close()
     return result
 
 
@@ -107,5 +127,7 @@ def main(config: Config) -> int:
     threads = os.environ.get("PLUGFORMER_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    print(json.dumps(run(config)), file=sys.stdout)
+    result = run(config)
+    if result.pop("rank") == 0:  # under torchrun: one line, from rank 0
+        print(json.dumps(result), file=sys.stdout)
     return 0

@@ -70,19 +70,30 @@ def _generate(overrides: list[str]) -> int:
     if not config.prompt:
         raise ConfigError('prompt: missing value; set it with prompt="..."')
     engine = Engine(config)
-    for delta, _ in engine.stream(engine.encode_prompt(config.prompt)):
-        sys.stdout.write(delta)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    main_rank = engine.parallel.rank == 0  # under torchrun every rank generates, one prints
+    try:
+        for delta, _ in engine.stream(engine.encode_prompt(config.prompt)):
+            if main_rank:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+    finally:
+        engine.close()
+    if main_rank:
+        sys.stdout.write("\n")
     return 0
 
 
 def _chat(overrides: list[str]) -> int:
     from plugformer.core.config import compose
     from plugformer.core.engine import Engine
-    from plugformer.core.errors import ValidationError
+    from plugformer.core.errors import ConfigError, ValidationError
 
     config = compose(overrides)
+    if config.parallel.name != "single":
+        raise ConfigError(
+            f"chat reads one terminal in one process; with parallel={config.parallel.name} "
+            "(under torchrun) use generate prompt=..."
+        )
     engine = Engine(config)
     messages: list[dict[str, str]] = []
     if config.system_prompt is not None:

@@ -16,6 +16,7 @@ from plugformer.core.errors import ConfigError, ValidationError
 from plugformer.core.family import ModelFamily
 from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.generation import BatchRun, Request, Row, make_request
+from plugformer.core.hf_config import decoder_tp_plan
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
 from plugformer.core.model.build import build_parts
@@ -91,7 +92,7 @@ class Engine:
             checkpoint.tokenizer() if checkpoint else ByteTokenizer()
         )
 
-        self.parallel.setup()
+        self.device = self.parallel.setup(self.device)
         if checkpoint is not None and family is not None:
             with torch.device("meta"):
                 model = Decoder(spec, kernel, positional, parts)
@@ -103,14 +104,23 @@ class Engine:
             model.init_weights(torch.Generator().manual_seed(config.model.seed))
             model = model.to(device=self.device, dtype=dtype)
         model.eval()
-        model = self.parallel.parallelize(model)
-        self.model = self.quantizer.quantize(
+        model = self.quantizer.quantize(
             model, calibration_for(self.quantizer, self._tokenizer, spec)
         )
+        heads = getattr(self.parallel, "attention_heads", None)
+        if heads is not None:  # each rank's kernel sees its share of the heads
+            local = AttentionDims(heads[0], heads[1], spec.dim_per_head, default_scale(spec))
+            model.set_kernel(registry.build("attention", self.attention_config, local))
+        plan = family.tp_plan() if family is not None else decoder_tp_plan(spec.mlp)
+        self.model = self.parallel.parallelize(model, plan)
         self.family = family
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()
         self.plugins.manager.hook.plugformer_engine_ready(engine=self)
+
+    def close(self) -> None:
+        """Leave the parallel strategy's process group (a no-op for one process)."""
+        self.parallel.teardown()
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -203,12 +203,9 @@ class BatchRun:
         lengths = valid.sum(dim=1)  # [B]
         positions = (torch.cumsum(valid, dim=1) - 1).clamp(min=0)  # [B, S]
         padded = not bool(valid.all())
-        spec = self.spec
-        cache = KVCache(
-            spec.num_layers, b, spec.kv_heads, longest + budget, spec.dim_per_head,
-            self.dtype, device,
-        )  # fmt: skip
-        logits = self.model(ids, positions, cache, valid if padded else None)[:, -1]  # [B, V]
+        cache = KVCache(b, longest + budget, self.dtype, device)
+        mask = valid if padded else None
+        logits = self.model(ids, positions, cache, mask, last_only=True)[:, -1]  # [B, V]
         history, hist_valid = ids, valid
         prompt_len = torch.full((b,), longest, device=device)
         for step in range(budget):
@@ -238,7 +235,7 @@ class BatchRun:
             ones = torch.ones((b, 1), dtype=torch.bool, device=device)
             hist_valid = torch.cat([hist_valid, ones], dim=1)
             pos = (lengths + step).unsqueeze(1)  # [B, 1]
-            logits = self.model(tokens.unsqueeze(1), pos, cache)[:, -1]
+            logits = self.model(tokens.unsqueeze(1), pos, cache, last_only=True)[:, -1]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids) if self.tok is not None else ""

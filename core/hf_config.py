@@ -233,6 +233,8 @@ def decoder_tp_plan(mlp: str = "gated") -> dict[str, str]:
         "head": "vocab",
     }
     prefix = "layers.*.mlp.experts.*" if mlp == "moe" else "layers.*.mlp"
+    if mlp == "moe":
+        plan["layers.*.mlp.router"] = "replicate"  # every rank routes every token alike
     if mlp in ("gated", "moe"):
         plan[f"{prefix}.gate"] = "colwise"
     plan[f"{prefix}.up"] = "colwise"

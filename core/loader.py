@@ -55,6 +55,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.sampling.logit_bias",
     "plugformer.plugins.sampling.no_repeat_ngram_size",
     "plugformer.plugins.parallel.single",
+    "plugformer.plugins.parallel.tensor",
+    "plugformer.plugins.parallel.pipeline",
     "plugformer.plugins.quant.none",
     "plugformer.plugins.quant.rtn",
     "plugformer.plugins.quant.gptq",

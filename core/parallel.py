@@ -1,4 +1,19 @@
-"""The parallelism-strategy interface: how a model is spread over processes."""
+"""The parallelism-strategy interface: how a model is spread over processes.
+
+The engine calls, in order: ``check()`` (before any weights are read; reasons to refuse),
+``setup(device)`` (join the process group; returns the device this rank computes on), then,
+after the whole model is built (and quantized, when a quantizer is set),
+``parallelize(model, plan)`` and finally ``teardown()`` when the engine is closed.
+
+``plan`` is the model family's tensor-parallel plan: module-path globs (``*`` matches one
+dotted component) mapped to a style, ``colwise`` (output features split), ``rowwise`` (input
+features split, outputs summed), ``vocab`` (vocabulary split: embedding or head) or
+``replicate``. A strategy that does not shard tensors ignores it.
+
+Optional attribute: ``attention_heads`` ``(query heads, KV heads)`` that each rank's attention
+kernel sees, when they differ from the model's (tensor parallel); the engine then builds the
+kernel for those counts. Read with ``getattr``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+STYLES = ("colwise", "rowwise", "vocab", "replicate")
 
 
 @dataclass
@@ -26,12 +43,16 @@ class ParallelStrategy(Protocol):
         """Reasons the model cannot be spread this way (before any weights load)."""
         ...
 
-    def setup(self) -> None:
-        """Join the process group (no-op for a single process)."""
+    def setup(self, device: torch.device) -> torch.device:
+        """Join the process group (no-op for a single process); returns the device this rank
+        computes on (``device``, or ``cuda:<local rank>`` for a CUDA device)."""
         ...
 
-    def parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Shard or split ``model`` for this rank and return the module this rank runs."""
+    def parallelize(self, model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Module:
+        """Shard or split ``model`` (a :class:`~plugformer.core.model.decoder.Decoder` with its
+        weights) for this rank and return the module this rank runs. It is called as
+        ``module(ids, positions, cache, valid, last_only=...)`` like the decoder and returns the
+        full logits on every rank."""
         ...
 
     def teardown(self) -> None:

@@ -18,7 +18,7 @@ from plugformer.core.quant import Quantizer
 from plugformer.core.registry import KINDS
 from plugformer.core.sampler import Sampler
 
-FROZEN_VERSION = "1.1"
+FROZEN_VERSION = "1.2"
 
 FROZEN_HOOKS = {
     # name: (signature, historic, firstresult)

@@ -72,11 +72,10 @@ def random_ids(b: int, s: int, seed: int = 0) -> torch.Tensor:
 @torch.inference_mode()
 def cached_logits(model: Decoder, ids: torch.Tensor, chunks: list[int], slack: int = 5):
     """Logits [B, S, V] of ``ids`` fed through a KV cache in chunks of the given lengths."""
-    spec = model.spec
     b, s = ids.shape
     assert sum(chunks) == s
     # a cache longer than needed: its empty slots must stay invisible
-    cache = KVCache(spec.num_layers, b, spec.kv_heads, s + slack, spec.dim_per_head)
+    cache = KVCache(b, s + slack)
     out, start = [], 0
     for n in chunks:
         positions = torch.arange(start, start + n).expand(b, n)  # [B, n]

@@ -128,9 +128,8 @@ def test_layernorm_equals_torch(registry, bias):
 
 @torch.inference_mode()
 def cached_logits(model: Decoder, ids: torch.Tensor, chunks: list[int]) -> torch.Tensor:
-    spec = model.spec
     b, s = ids.shape
-    cache = KVCache(spec.num_layers, b, spec.kv_heads, s + 3, spec.dim_per_head)
+    cache = KVCache(b, s + 3)
     out, start = [], 0
     for n in chunks:
         positions = torch.arange(start, start + n).expand(b, n)
@@ -182,7 +181,7 @@ def test_variants_give_the_same_logits_through_the_cache(overrides):
 def test_sliding_window_masks_exactly_the_old_keys():
     engine = sharpened(["attention=gqa", "attention.sliding_window=3"])
     positions = torch.arange(6).unsqueeze(0)
-    ctx = engine.model._context(positions, None, None, torch.float32)
+    ctx = engine.model.context(positions, None, None, torch.float32)
     visible = torch.isfinite(ctx.bias[0, 0])  # [S, T]
     i, j = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
     assert torch.equal(visible, (j <= i) & (i - j < 3))

@@ -9,7 +9,7 @@ Sliding windows: a key at position j is visible to a query at position i when
 ``0 <= i - j < window``. The window is the model's (``spec.sliding_window``, from its
 checkpoint) or the attention kernel's (an optional ``window`` attribute, e.g.
 ``attention.sliding_window``), the smaller when both are set. It is part of the mask built from
-positions in :meth:`Decoder._context`, so it holds through the KV cache too.
+positions in :meth:`Decoder.context`, so it holds through the KV cache too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from plugformer.core.attention import Attention
 from plugformer.core.model.build import Parts, default_parts
-from plugformer.core.model.kv_cache import KVCache
+from plugformer.core.model.kv_cache import CacheRows, KVCache
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.positional import PositionalEncoding
 
@@ -34,12 +34,16 @@ class ForwardContext:
 
     bias: torch.Tensor  # [B, 1|H, S, T] additive attention mask
     rotary: Any  # positional state from PositionalEncoding.prepare
-    cache: KVCache | None
+    cache: KVCache | CacheRows | None
     slots: torch.Tensor | None  # [S] cache slots of the new tokens
 
 
 class SelfAttention(nn.Module):
-    """q/k/v/o projections around a plugin attention kernel."""
+    """q/k/v/o projections around a plugin attention kernel.
+
+    ``head_range`` (set by tensor parallelism) is the slice of the model's query heads this
+    module computes; a per-head positional bias (ALiBi) is cut to it.
+    """
 
     def __init__(
         self, spec: ModelSpec, layer: int, kernel: Attention, positional: PositionalEncoding
@@ -58,6 +62,7 @@ class SelfAttention(nn.Module):
         self.wk = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.wv = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.wo = nn.Linear(self.num_heads * self.head_dim, h, bias=spec.attention_out_bias)
+        self.head_range: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, s, _ = x.shape  # x: [B, S, hidden]
@@ -67,7 +72,10 @@ class SelfAttention(nn.Module):
         q, k = self.positional.rotate(q, k, ctx.rotary)
         if ctx.cache is not None and ctx.slots is not None:
             k, v = ctx.cache.update(self.layer, ctx.slots, k, v)  # [B, Hkv, T, D]
-        out = self.kernel(q, k, v, ctx.bias)  # [B, Hq, S, D]
+        bias = ctx.bias  # [B, 1|H, S, T]
+        if self.head_range is not None and bias.shape[1] > 1:
+            bias = bias[:, self.head_range[0] : self.head_range[1]]
+        out = self.kernel(q, k, v, bias)  # [B, Hq, S, D]
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
 
 
@@ -150,7 +158,13 @@ class Decoder(nn.Module):
                 centre = 0.0 if getattr(module, "unit_offset", False) else 1.0
                 module.weight.data.normal_(centre, 0.1, generator=generator)
 
-    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def set_kernel(self, kernel: Attention) -> None:
+        """Run every layer's attention with ``kernel`` (e.g. one built for a rank's heads)."""
+        for block in self.layers:
+            assert isinstance(block, Block)
+            block.attn.kernel = kernel
+
+    def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         assert self.embed is not None
         h = self.embed(ids)  # [B, S, hidden]
         if self.spec.embedding_scale is not None:
@@ -162,9 +176,15 @@ class Decoder(nn.Module):
             h = self.embed_norm(h)
         return h
 
-    def _context(
-        self, positions: torch.Tensor, valid: torch.Tensor | None, cache: KVCache | None, dtype
+    def context(
+        self,
+        positions: torch.Tensor,
+        valid: torch.Tensor | None,
+        cache: KVCache | CacheRows | None,
+        dtype: torch.dtype,
     ) -> ForwardContext:
+        """The mask, positional state and cache slots of one forward pass over ``positions``
+        [B, S] (reserves the slots of the new tokens in ``cache``)."""
         if cache is not None:
             slots = cache.advance(positions, valid)
             k_pos = cache.slot_pos  # [B, T]
@@ -185,26 +205,37 @@ class Decoder(nn.Module):
             bias = bias + extra.to(dtype)  # [B, H, S, T]
         return ForwardContext(bias, self.positional.prepare(positions), cache, slots)
 
+    def run_layers(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Hidden states [B, S, hidden] through this model's blocks."""
+        for block in self.layers:
+            h = block(h, ctx)
+        return h
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and head: hidden states [B, S, hidden] -> logits [B, S, vocab] (each
+        passed through when absent)."""
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.head(h) if self.head is not None else h
+
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         valid: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Token ids [B, S] (or hidden states [B, S, hidden] when ``embed`` is None) at
         ``positions`` [B, S] (default 0..S-1) -> logits [B, S, vocab] (or hidden states when
-        ``head`` is None). ``valid`` [B, S] marks real tokens (False: padding)."""
+        ``head`` is None). ``valid`` [B, S] marks real tokens (False: padding).
+        ``last_only``: norm and head for the last position only -> [B, 1, vocab]."""
         b, s = x.shape[:2]
         if positions is None:
             positions = torch.arange(s, device=x.device).expand(b, s)
-        h = self._embed(x, positions) if self.embed is not None else x  # [B, S, hidden]
-        ctx = self._context(positions, valid, cache, h.dtype)
-        for block in self.layers:
-            h = block(h, ctx)
-        if self.norm is not None:
-            h = self.norm(h)
-        return self.head(h) if self.head is not None else h
+        h = self.embed_tokens(x, positions) if self.embed is not None else x  # [B, S, hidden]
+        h = self.run_layers(h, self.context(positions, valid, cache, h.dtype))
+        return self.finish(h[:, -1:] if last_only else h)
 
 
 def default_scale(spec: ModelSpec) -> float:

@@ -1,4 +1,9 @@
-"""A static-shape KV cache (gpt-fast style): buffers sized once, written in place."""
+"""A static-shape KV cache (gpt-fast style): buffers sized once, written in place.
+
+A layer's buffers are allocated on its first write, with the key/value head count and head size
+that layer produced: so one cache serves a whole model, a tensor-parallel shard (fewer heads per
+rank) or a pipeline stage (only some layers), without being told which.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +21,15 @@ class KVCache:
 
     def __init__(
         self,
-        num_layers: int,
         batch: int,
-        num_kv_heads: int,
         length: int,
-        head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (batch, num_kv_heads, length, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.batch, self.length, self.dtype, self.device = batch, length, dtype, device
+        self.k: dict[int, torch.Tensor] = {}  # layer -> [B, Hkv, T, D]
+        self.v: dict[int, torch.Tensor] = {}
         self.slot_pos = torch.full((batch, length), -1, dtype=torch.long, device=device)
-        self.length = length
         self.filled = 0  # slots used so far
 
     def advance(self, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -44,11 +45,50 @@ class KVCache:
         self.filled += s
         return slots
 
+    def buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's key and value buffers [B, Hkv, T, D], allocated on first use with the
+        heads and head size of ``like`` [b, Hkv, S, D]."""
+        if layer not in self.k:
+            shape = (self.batch, like.shape[1], self.length, like.shape[3])
+            self.k[layer] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.v[layer] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return self.k[layer], self.v[layer]
+
     def update(
         self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, D] into ``slots`` [S]; return the layer's full buffers
         [B, Hkv, T, D]."""
-        self.k[layer].index_copy_(2, slots, k)
-        self.v[layer].index_copy_(2, slots, v)
-        return self.k[layer], self.v[layer]
+        kb, vb = self.buffers(layer, k)
+        kb.index_copy_(2, slots, k)
+        vb.index_copy_(2, slots, v)
+        return kb, vb
+
+    def rows(self, start: int, stop: int, slots: torch.Tensor) -> CacheRows:
+        """A view of rows ``start:stop`` whose slots were already reserved (``slots``), for
+        running a batch as micro-batches (pipeline parallel)."""
+        return CacheRows(self, start, stop, slots)
+
+
+class CacheRows:
+    """Rows of a :class:`KVCache` after :meth:`KVCache.advance`: the same interface, writing
+    into the parent's buffers; ``advance`` returns the slots reserved for the whole batch."""
+
+    def __init__(self, parent: KVCache, start: int, stop: int, slots: torch.Tensor) -> None:
+        self.parent, self.start, self.stop, self.slots = parent, start, stop, slots
+
+    @property
+    def slot_pos(self) -> torch.Tensor:
+        return self.parent.slot_pos[self.start : self.stop]  # [b, T]
+
+    def advance(self, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.slots
+
+    def update(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kb, vb = self.parent.buffers(layer, k)
+        kb, vb = kb[self.start : self.stop], vb[self.start : self.stop]  # views: [b, Hkv, T, D]
+        kb.index_copy_(2, slots, k)
+        vb.index_copy_(2, slots, v)
+        return kb, vb

@@ -35,10 +35,10 @@ class Single:
             ]
         return []
 
-    def setup(self) -> None:
-        return None
+    def setup(self, device: torch.device) -> torch.device:
+        return device
 
-    def parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
+    def parallelize(self, model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Module:
         return model
 
     def teardown(self) -> None:

@@ -343,15 +343,3 @@ class Engine:
             for step in run.steps():
                 for _, delta in step:
                     yield delta, row.token_ids[-1]
-
-    # -- kept for tests written against the first loop; prefer generate(token_ids, ...) ----
-    def _request(self, max_new: int, seed: int, params: dict[str, Any]) -> tuple[int, Any, None]:
-        return max_new, (seed, params), None
-
-    def _tokens(
-        self, prompt_ids: list[int], max_new: int, chain: Any, generator: None, ignore_eos: bool
-    ) -> Iterator[int]:
-        seed, params = chain
-        out = self.generate(list(prompt_ids), max_new, seed=seed, ignore_eos=ignore_eos, **params)
-        assert isinstance(out, Generation)
-        yield from out.token_ids

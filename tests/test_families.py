@@ -172,8 +172,8 @@ def saved(tmp_path_factory):
 
 
 def greedy(engine: plugformer.Engine, prompt: torch.Tensor, n: int = 32) -> list[int]:
-    _, chain, gen = engine._request(n, 0, {"temperature": 0.0})
-    return list(engine._tokens(prompt[0].tolist(), n, chain, gen, ignore_eos=True))
+    out = engine.generate(prompt[0].tolist(), n, temperature=0.0, ignore_eos=True)
+    return out.token_ids
 
 
 def hf_greedy(model: torch.nn.Module, prompt: torch.Tensor, n: int = 32) -> list[int]:

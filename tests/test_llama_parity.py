@@ -73,18 +73,13 @@ def test_cached_greedy_equals_transformers_generate(saved):
     model, plain, _ = saved
     engine = plugformer.Engine.from_overrides([f"model.path={plain}"])
     prompt = IDS[0].tolist()
-    ours = list(engine._tokens(prompt, 32, *_greedy(engine), ignore_eos=True))
+    ours = engine.generate(prompt, 32, temperature=0.0, ignore_eos=True).token_ids
     with torch.no_grad():
         ref = model.generate(
             IDS, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0,
             min_new_tokens=32,
         )[0, IDS.shape[1]:].tolist()  # fmt: skip
     assert ours == ref
-
-
-def _greedy(engine):
-    _, chain, gen = engine._request(32, 0, {"temperature": 0.0})
-    return chain, gen
 
 
 def test_tied_embeddings_load(tmp_path):

@@ -11,7 +11,6 @@ import torch
 
 import plugformer
 from plugformer.core.qlinear import QuantLinear
-from plugformer.plugins.quant.none import NoQuant
 
 gguf = pytest.importorskip("gguf")
 QT = gguf.GGMLQuantizationType
@@ -64,7 +63,7 @@ def _write_tiny_llama(path: Path, qtype) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_0, QT.Q4_1], ids=lambda t: t.name)
-def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, monkeypatch, qtype):
+def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, qtype):
     path = tmp_path / "tiny.gguf"
     written = _write_tiny_llama(path, qtype)
     engine = plugformer.Engine.from_overrides([f"model.path={path}"])
@@ -79,8 +78,7 @@ def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, monkeypa
     assert torch.equal(m.dequantize(), want)
     quantized_logits = engine.logits(IDS)
 
-    monkeypatch.setattr(NoQuant, "keeps_checkpoint_quantization", False)
-    floats = plugformer.Engine.from_overrides([f"model.path={path}"])
+    floats = plugformer.Engine.from_overrides([f"model.path={path}", "quant.dequantize=true"])
     assert not any(isinstance(m, QuantLinear) for m in floats.model.modules())
     assert torch.equal(quantized_logits, floats.logits(IDS))
 

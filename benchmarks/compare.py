@@ -25,9 +25,9 @@ PEERS = Path(__file__).resolve().parent / "peers"
 #: plugformer configurations: label -> overrides
 CONFIGS = {
     "plugformer fp32": ["model.dtype=float32"],
-    "plugformer bf16": ["model.dtype=bfloat16"],
+    "plugformer bf16": ["model.dtype=bfloat16", "quant.dequantize=true"],
     "plugformer int8": ["model.dtype=bfloat16", "quant=rtn", "quant.bits=8"],
-    "plugformer int4": ["model.dtype=bfloat16", "quant=rtn", "quant.bits=4", "quant.group_size=32"],
+    "plugformer Q4_1": ["model.dtype=bfloat16"],  # the GGUF's own int4 blocks, run quantized
 }
 
 VENVS = {
@@ -65,7 +65,10 @@ def gguf_path() -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-    cols = ["load_s", "prefill_tok_s", "decode_tok_s", "decode_b8_tok_s", "peak_rss_mb"]
+    cols = [
+        "load_s", "prefill_tok_s", "decode_tok_s", "decode_b8_tok_s", "weights_mb", "peak_rss_mb",
+        "peak_over_weights",
+    ]  # fmt: skip
     hf = results.get("transformers fp32 eager", {})
     lc = results.get("llama.cpp Q4_1", {})
     lines = [

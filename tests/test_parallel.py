@@ -251,3 +251,18 @@ def test_cut_layers_recombine_to_the_whole(quant):
         full = layer.dequantize()
         torch.testing.assert_close(rows[1].dequantize(), full[:, 64:], atol=0, rtol=0)
         torch.testing.assert_close(cols[0].dequantize(), full[:32], atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+@pytest.mark.parametrize("strategy", [TP2, PP2], ids=["tp", "pp"])
+def test_nccl_on_two_gpus_equals_one_process(tmp_path, strategy):
+    over = ["model=tiny", "device=cuda", *strategy]
+    results = run_world(tmp_path, 2, [scenario("gpu", over)])
+    assert all(code == 0 for code, _ in results), [e[-2000:] for _, e in results]
+    ref = reference(["model=tiny", "device=cuda"])
+    ref["logits"] = ref["logits"].cpu()
+    ranks = load(tmp_path, "gpu", 2)
+    for r in ranks:  # TF32 or other GEMM kernels on GPU: a looser tolerance than on CPU
+        torch.testing.assert_close(r["logits"].cpu(), ref["logits"], atol=1e-3, rtol=1e-3)
+    assert ranks[0]["tokens"] == ref["tokens"]

@@ -3,7 +3,8 @@
 Run one configuration per process (peak resident memory is a high-water mark of the
 process); ``benchmarks/compare.py`` runs several, and the peers, side by side.
 
-Memory fields (MB = 10**6 bytes for weights, MiB for resident sizes, as the kernel reports):
+Memory fields (weights in MB of 10**6 bytes, resident sizes in MiB as Linux reports them;
+the ratios are taken in bytes):
 
 * ``weights_mb``: the weights as loaded, after the first forward: the distinct storages of the
   model's parameters and buffers plus the copies quantized kernels keep (``kernel_copies_mb``

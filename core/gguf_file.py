@@ -25,7 +25,8 @@ from typing import Any, NoReturn
 import torch
 
 from plugformer.core.errors import CheckpointError
-from plugformer.core.gguf_quants import GGML_TYPES, OTHER_TYPE_NAMES, GGMLType, dequantize
+from plugformer.core.gguf_quants import GGML_TYPES, OTHER_TYPE_NAMES, GGMLType, dequantize_to
+from plugformer.core.memory import drop_mapped_pages
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # v1 had uint32 counts, v2 uint64 ones; v3 adds big-endian files
@@ -255,8 +256,9 @@ class GGUFFile:
             )
         return name, ne, gtype, rel, nbytes
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor in torch order (``ne`` reversed): mapped for F32/F16/BF16, else float32."""
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor in torch order (``ne`` reversed): mapped for F32/F16/BF16, else float32
+        (or blocks dequantized straight into ``dtype``, with no float32 copy of the whole)."""
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
@@ -270,7 +272,8 @@ class GGUFFile:
             flat = torch.frombuffer(self._mm, dtype=gtype.dtype, count=count, offset=info.offset)
             return flat.view(info.shape)
         raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
-        return dequantize(raw.view(-1, gtype.block_bytes), gtype.name).view(info.shape)
+        out = dequantize_to(raw.view(-1, gtype.block_bytes), gtype.name, dtype or torch.float32)
+        return out.view(info.shape)
 
     def blocks(self, name: str) -> torch.Tensor:
         """The raw quantized blocks of a Q8_0/Q4_0/Q4_1 tensor, undequantized: uint8
@@ -285,6 +288,11 @@ class GGUFFile:
             raise CheckpointError(f"{self.path}: tensor {name!r} ({gtype.name}) has no blocks")
         raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
         return raw.view(-1, info.ne[0] // gtype.block, gtype.block_bytes)
+
+    def drop_pages(self) -> None:
+        """Drop the map's resident pages (see :func:`plugformer.core.memory.drop_mapped_pages`):
+        once loading copied from them, they need not count in this process's memory."""
+        drop_mapped_pages(self._mm)
 
     def close(self) -> None:
         """Drop the mapping; tensors already returned keep it alive until they are freed."""

@@ -53,3 +53,17 @@ def dequantize(blocks: torch.Tensor, kind: str) -> torch.Tensor:
         return q.sub_(8.0).mul_(d)
     m = blocks[:, 2:4].view(torch.float16).float()  # [N, 1]
     return q.mul_(d).add_(m)
+
+
+def dequantize_to(
+    blocks: torch.Tensor, kind: str, dtype: torch.dtype, chunk: int = 1 << 15
+) -> torch.Tensor:
+    """:func:`dequantize` cast to ``dtype``, ``chunk`` blocks at a time: the same values as
+    ``dequantize(blocks, kind).to(dtype)`` without a float32 copy of the whole tensor."""
+    # blocks: [N, block_bytes] uint8 -> [N, 32] dtype
+    if dtype == torch.float32:
+        return dequantize(blocks, kind)
+    out = torch.empty(blocks.shape[0], 32, dtype=dtype)
+    for start in range(0, blocks.shape[0], chunk):
+        out[start : start + chunk] = dequantize(blocks[start : start + chunk], kind)
+    return out

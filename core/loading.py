@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from plugformer.core import memory
 from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.errors import CheckpointError, ConfigError
 from plugformer.core.family import ModelFamily
@@ -162,20 +163,59 @@ def load_weights(
     if problems:
         raise CheckpointError("checkpoint disagrees with its config: " + "; ".join(problems))
 
-    state: dict[str, torch.Tensor] = {}
-    read: dict[str, torch.Tensor] = {}  # checkpoint tensors cut into several parts: read once
-    for ours, (ck_name, take) in sources.items():
-        if take is None:
-            want = expected[ours][1] if ours in exact else dtype
-            state[ours] = checkpoint.tensor(ck_name).to(want)
-            continue
-        if ck_name not in read:
-            read[ck_name] = checkpoint.tensor(ck_name)
-        state[ours] = take(read[ck_name]).to(dtype).contiguous()
+    memory.mark("baseline_rss_mb")  # everything but the weights: the interpreter, torch, ...
+    state = _read_tensors(
+        checkpoint,
+        sources,
+        {n: exact_dtype for n, (_, exact_dtype) in expected.items() if n in exact},
+        dtype,
+    )
     for alias, canonical in tied.items():
         state[alias] = state[canonical]
     model.load_state_dict(state, strict=True, assign=True)
     retie(model, tied)
+    del state
+    _drop_pages(checkpoint)
+    memory.release_free_memory()  # the conversions' freed temporaries
+
+
+def _read_tensors(
+    checkpoint: Checkpoint,
+    sources: dict[str, tuple[str, Take | None]],
+    exact: dict[str, torch.dtype],
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """Our name -> our tensor, each converted on its own so that at most one tensor's
+    temporaries are alive at a time (``exact``: names kept in their own dtype)."""
+    state: dict[str, torch.Tensor] = {}
+    read: dict[str, torch.Tensor] = {}  # checkpoint tensors cut into several parts: read once
+    for ours, (ck_name, take) in sources.items():
+        if take is None:
+            want = exact.get(ours, dtype)
+            state[ours] = _read(checkpoint, ck_name, want)
+        else:
+            if ck_name not in read:
+                read[ck_name] = checkpoint.tensor(ck_name)
+            # one copy: cast and made contiguous together (a view of the map when neither)
+            state[ours] = take(read[ck_name]).to(dtype, memory_format=torch.contiguous_format)
+        _drop_pages(checkpoint)  # what was copied out of a map need not stay resident
+        memory.release_free_memory()  # this tensor's temporaries, before the next one's
+    return state
+
+
+def _read(checkpoint: Checkpoint, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Checkpoint tensor ``name`` in ``dtype``; read straight into it when the format can (a
+    GGUF quantized tensor is dequantized into ``dtype`` without a float32 copy)."""
+    reader = getattr(checkpoint, "tensor_as", None)
+    t: torch.Tensor = reader(name, dtype) if reader is not None else checkpoint.tensor(name)
+    return t.to(dtype)
+
+
+def _drop_pages(checkpoint: Checkpoint) -> None:
+    """Let a memory-mapped checkpoint drop its resident pages (formats that can)."""
+    drop = getattr(checkpoint, "drop_pages", None)
+    if drop is not None:
+        drop()
 
 
 def _part_shape(shape: tuple[int, ...], take: Take | None) -> tuple[int, ...] | str:

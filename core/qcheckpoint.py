@@ -108,8 +108,21 @@ class CheckpointView:
         t: torch.Tensor = self.base.tensor(name)
         return t
 
+    def tensor_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """``tensor(name)`` read the base's cheaper way into ``dtype`` when it has one."""
+        reader = getattr(self.base, "tensor_as", None)
+        if name in self.extra or reader is None:
+            return self.tensor(name)
+        t: torch.Tensor = reader(name, dtype)
+        return t
+
     def tokenizer(self) -> Any:
         return self.base.tokenizer()
+
+    def drop_pages(self) -> None:
+        drop = getattr(self.base, "drop_pages", None)
+        if drop is not None:
+            drop()
 
     def close(self) -> None:
         self.base.close()

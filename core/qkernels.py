@@ -22,7 +22,19 @@ if TYPE_CHECKING:
     from plugformer.core.qlinear import QuantLinear
 
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes torch's int4 CPU op accepts
-Kernel = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Kernel:
+    """A layer's forward function and the tensors it keeps alive besides the layer's buffers
+    (its own copy of the weight in the op's layout), so that memory can be accounted for."""
+
+    def __init__(self, fn: Forward, held: tuple[torch.Tensor | None, ...] = ()) -> None:
+        self.fn = fn
+        self.held = tuple(t for t in held if t is not None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 def _contiguous_groups(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
@@ -55,7 +67,9 @@ def int4_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
     return (perm, gs) if gs in INT4_GROUPS else None
 
 
-def _with_bias(fn: Kernel, m: QuantLinear, dtype: torch.dtype) -> Kernel:
+def _with_bias(
+    fn: Forward, m: QuantLinear, dtype: torch.dtype, held: tuple[torch.Tensor | None, ...]
+) -> Kernel:
     bias = None if m.bias is None else m.bias.to(dtype)
     out_features = m.out_features
 
@@ -63,7 +77,7 @@ def _with_bias(fn: Kernel, m: QuantLinear, dtype: torch.dtype) -> Kernel:
         y = fn(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], out_features)
         return y if bias is None else y + bias
 
-    return run
+    return Kernel(run, (*held, bias))
 
 
 def _int4_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
@@ -71,21 +85,23 @@ def _int4_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
     assert plan is not None
     perm, gs = plan
     q = m.int_weight()  # [in, out]
-    s, o = m.scales_offsets()  # [groups, out]
     if perm is not None:
         q = q[perm]
+    q = q.t().contiguous()  # [out, in]; the [in, out] temporary is freed here
+    packed = torch._convert_weight_to_int4pack_for_cpu(q, 2)
+    del q
+    s, o = m.scales_offsets()  # [groups, out]
     if m.groups == 1:
         s, o = s.expand(m.in_features // gs, -1), o.expand(m.in_features // gs, -1)
     # torch's int4 op computes (q - 8) * scale + zero
     scale_zero = torch.stack([s, o + 8 * s], dim=-1).to(dtype).contiguous()  # [G, out, 2]
-    packed = torch._convert_weight_to_int4pack_for_cpu(q.t().contiguous(), 2)
 
     def mm(x2: torch.Tensor) -> torch.Tensor:
         if perm is not None:
             x2 = x2.index_select(1, perm)
         return torch._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, gs, scale_zero)
 
-    return _with_bias(mm, m, dtype)
+    return _with_bias(mm, m, dtype, (packed, scale_zero, perm))
 
 
 def int8_ok(m: QuantLinear) -> bool:
@@ -103,7 +119,7 @@ def _int8_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
         y = torch._weight_int8pack_mm(x2.contiguous(), w8, scale)
         return y if correction is None else y + x2.sum(-1, keepdim=True) * correction
 
-    return _with_bias(mm, m, dtype)
+    return _with_bias(mm, m, dtype, (w8, scale, correction))
 
 
 def make_kernel(
@@ -131,12 +147,12 @@ def make_kernel(
     if backend == "triton":
         from plugformer.core.qmatmul_triton import triton_kernel
 
-        return backend, triton_kernel(m, dtype)
+        return backend, Kernel(triton_kernel(m, dtype))  # (held: on the GPU, not counted)
     bias = None if m.bias is None else m.bias.to(dtype)
     if backend == "reference":  # dequantize on every call: no float copy kept
-        return backend, lambda x: F.linear(x, m.dequantize(dtype), bias)
+        return backend, Kernel(lambda x: F.linear(x, m.dequantize(dtype), bias), (bias,))
     weight = m.dequantize(dtype)
-    return "dequant", lambda x: F.linear(x, weight, bias)
+    return "dequant", Kernel(lambda x: F.linear(x, weight, bias), (weight, bias))
 
 
 def _triton_ok() -> bool:

@@ -44,7 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from plugformer.core.qkernels import make_kernel
+from plugformer.core.memory import release_free_memory
+from plugformer.core.qkernels import Kernel, make_kernel
 from plugformer.core.qpack import SUPPORTED_BITS, pack, run_length, unpack
 
 BACKENDS = ("auto", "dequant", "reference", "torch_int4", "torch_int8", "triton")
@@ -118,7 +119,7 @@ class QuantLinear(nn.Module):
         gs = in_features if group_size == -1 else group_size
         self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32) // gs)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._kernels: dict[tuple[torch.device, torch.dtype], Callable[..., torch.Tensor]] = {}
+        self._kernels: dict[tuple[torch.device, torch.dtype], Kernel] = {}
         self._kernel_names: dict[tuple[torch.device, torch.dtype], str] = {}
 
     @property
@@ -217,9 +218,14 @@ class QuantLinear(nn.Module):
         if key not in self._kernels:
             with torch.inference_mode(False), torch.no_grad():
                 name, fn = make_kernel(self, device, dtype, self.backend)
+            release_free_memory()  # unpacking's temporaries: the heap would keep them
             self._kernels[key] = fn
             self._kernel_names[key] = name
         return self._kernel_names[key], self._kernels[key]
+
+    def kernel_tensors(self) -> list[torch.Tensor]:
+        """The tensors the built kernels keep besides the buffers (their weight copies)."""
+        return [t for kernel in self._kernels.values() for t in kernel.held]
 
     def set_backend(self, backend: str) -> None:
         if backend not in BACKENDS:

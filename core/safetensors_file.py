@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import torch
 
 from plugformer.core.errors import CheckpointError
+from plugformer.core.memory import drop_mapped_pages
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit of the reference implementation
 _MAX_BYTES = 2**63 - 1  # torch sizes and strides are int64
@@ -253,6 +254,11 @@ class SafetensorsFile:
         if e.dtype == torch.bool and bool((flat.view(torch.uint8) > 1).any()):
             self._fail("BOOL data holds bytes other than 0 and 1", name)
         return flat.reshape(e.shape)
+
+    def drop_pages(self) -> None:
+        """Drop the map's resident pages (see :func:`plugformer.core.memory.drop_mapped_pages`):
+        once loading copied from them, they need not count in this process's memory."""
+        drop_mapped_pages(self._mmap)
 
     def close(self) -> None:
         """Drop the memory map; tensors already returned keep it alive and stay valid."""

@@ -200,8 +200,13 @@ class GGUFCheckpoint:
 
     def tensor(self, name: str) -> torch.Tensor:
         """F32/F16/BF16 tensors are views of the (copy-on-write) file map; others are copies."""
+        return self.tensor_as(name, None)
+
+    def tensor_as(self, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """:meth:`tensor`, with quantized blocks dequantized straight into ``dtype`` (the same
+        values as ``tensor(name).to(dtype)``, without a float32 copy of the whole tensor)."""
         self.tensor_info(name)  # a clear error for an unknown name
-        t = self.file.tensor(self._names[name])
+        t = self.file.tensor(self._names[name], dtype)
         heads = self._heads(name)
         return unpermute_rows(t, heads) if heads else t
 
@@ -230,6 +235,10 @@ class GGUFCheckpoint:
             return gguf_tokenizer(self.metadata)
         except CheckpointError as e:
             raise CheckpointError(f"{self.path}: {e}") from None
+
+    def drop_pages(self) -> None:
+        """Drop the file's mapped pages from resident memory (called by the loader)."""
+        self.file.drop_pages()
 
     def close(self) -> None:
         self.file.close()

@@ -157,6 +157,11 @@ class HFCheckpoint:
         tok: Tokenizer = cls.from_dir(self.directory)
         return tok
 
+    def drop_pages(self) -> None:
+        """Drop the files' mapped pages from resident memory (called by the loader)."""
+        for f in self._open:
+            f.drop_pages()
+
     def close(self) -> None:
         self._closed = True
         for f in self._open:

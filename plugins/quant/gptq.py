@@ -42,6 +42,7 @@ from torch import nn
 
 from plugformer.core import hookimpl
 from plugformer.core.errors import ConfigError
+from plugformer.core.memory import release_free_memory
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.qlinear import QuantLinear
 from plugformer.core.qmath import grid, quantize_ints
@@ -246,6 +247,7 @@ class GPTQ:
             float_inputs=c.gptaq_alpha > 0,
         )
         self.seconds = time.perf_counter() - start  # read by `plugformer quantize`
+        release_free_memory()  # the float weights and the rounding's temporaries
         return model
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
+from plugformer.core.memory import release_free_memory
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.qlinear import swap_module
 from plugformer.core.qmath import rtn
@@ -53,6 +54,7 @@ class RTN:
             q = rtn(linear, c.bits, c.group_size, c.sym)
             swap_module(model, path, q.to(linear.weight.device))
         self.seconds = time.perf_counter() - start  # read by `plugformer quantize`
+        release_free_memory()  # the float weights and the rounding's temporaries
         return model
 
 

@@ -13,8 +13,7 @@ the ratios are taken in bytes):
 * ``baseline_rss_mb``: the resident size right before the first weight is read (interpreter,
   torch and what it imports, tokenizer, checkpoint metadata);
 * ``load_peak_rss_mb``: the high-water mark when the engine is built (before any forward);
-* ``peak_rss_mb``: the high-water mark of the whole run (the 512-token prefill's full
-  float32 logits included);
+* ``peak_rss_mb``: the high-water mark of the whole run;
 * ``peak_over_weights`` and ``peak_above_baseline_over_weights``: ``peak / weights`` and
   ``(peak - baseline) / weights``.
 """
@@ -34,12 +33,6 @@ from plugformer.core import memory
 from plugformer.core.config import Config
 from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain
-
-
-def _rss_mb() -> float:
-    """The resident memory now (after loading, freed temporaries no longer count)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch: int = 8) -> dict:
@@ -63,11 +56,11 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
         "load_s": round(load_s, 2),
     }
     ids = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(0))
-    engine.logits(ids[:, :16])  # warm-up
+    engine.logits(ids[:, :16], last_only=True)  # warm-up
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        engine.logits(ids)
+        engine.logits(ids, last_only=True)  # a prompt's prefill: the next token's logits
         times.append(time.perf_counter() - t)
     result["prefill_tok_s"] = round(prefill_tokens / statistics.median(times), 1)
 
@@ -110,7 +103,7 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
             samples.append(time.perf_counter() - t)
         result[name] = round(statistics.median(samples) * 1e3, 3)
     result.update(memory.report(engine.model, baseline, load_peak))
-    result["rss_mb"] = round(_rss_mb(), 1)
+    result["rss_mb"] = round(memory.rss_mb(), 1)
     if engine.parallel.world_size > 1:  # every rank's memory, reported by rank 0
         import torch.distributed as dist
 

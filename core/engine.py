@@ -19,7 +19,7 @@ from plugformer.core.generation import BatchRun, Request, Row, make_request
 from plugformer.core.hf_config import decoder_tp_plan
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
-from plugformer.core.model.build import build_parts
+from plugformer.core.model.build import build_parts, on_meta
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.positional import PositionalDims
 from plugformer.core.qcheckpoint import prepare_quantized
@@ -94,9 +94,12 @@ class Engine:
 
         self.device = self.parallel.setup(self.device)
         if checkpoint is not None and family is not None:
-            with torch.device("meta"):
+            with on_meta():
                 model = Decoder(spec, kernel, positional, parts)
-            weights = prepare_quantized(model, checkpoint, family, self.quantizer)
+            # float32 on the CPU has no kernel faster than a dense float32 matmul
+            # (core/qlinear.py): GGUF blocks load dense, the same values without a packed copy
+            dense = dtype == torch.float32 and self.device.type == "cpu"
+            weights = prepare_quantized(model, checkpoint, family, self.quantizer, dense)
             load_weights(model, weights, family, dtype)
             model = model.to(self.device)
         else:
@@ -196,9 +199,10 @@ class Engine:
         return ids.to(device=self.device, dtype=torch.long)
 
     @torch.inference_mode()
-    def logits(self, token_ids: Any) -> torch.Tensor:
-        """Logits [batch, seq, vocab] (float32) of a full forward pass without a cache."""
-        return self.model(self._as_batch(token_ids)).float()
+    def logits(self, token_ids: Any, last_only: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (float32) of a full forward pass without a cache;
+        ``last_only``: of the last position only, [batch, 1, vocab] (a prompt's prefill)."""
+        return self.model(self._as_batch(token_ids), last_only=last_only).float()
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:

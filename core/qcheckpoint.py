@@ -149,21 +149,25 @@ def _new_qlinear(linear: nn.Linear, *args: Any, **kwargs: Any) -> QuantLinear:
         return QuantLinear(linear.in_features, linear.out_features, *args, **kwargs)
 
 
-def prepare_quantized(model: nn.Module, checkpoint: Any, family: Any, quantizer: Any) -> Any:
+def prepare_quantized(
+    model: nn.Module, checkpoint: Any, family: Any, quantizer: Any, dense_ggml: bool = False
+) -> Any:
     """Swap ``model``'s linear layers (built on the meta device) for the quantized layers the
-    checkpoint stores, and return the checkpoint to load the weights from."""
+    checkpoint stores, and return the checkpoint to load the weights from. ``dense_ggml``:
+    GGUF Q4/Q8 blocks load as dense layers instead (dequantized while loading)."""
     keep = bool(getattr(quantizer, "keeps_checkpoint_quantization", False))
     qc = checkpoint.hf_config.get("quantization_config")
+    name = getattr(getattr(quantizer, "config", None), "name", "?")
     if qc is not None:
         settings = parse_quantization_config(qc)
         if not keep:
-            name = getattr(getattr(quantizer, "config", None), "name", "?")
             raise ConfigError(
                 f"quant={name}: the checkpoint is already quantized (GPTQ {settings.bits}-bit); "
                 "it runs as it is with quant=none"
+                + (" (quant.dequantize applies to GGUF files only)" if name == "none" else "")
             )
         return _prepare_gptq(model, checkpoint, family, settings)
-    if keep and callable(getattr(checkpoint, "quantized_type", None)):
+    if keep and not dense_ggml and callable(getattr(checkpoint, "quantized_type", None)):
         return _prepare_ggml(model, checkpoint, family)
     return checkpoint
 

@@ -6,7 +6,9 @@ transformers and vLLM read and write them) for one ``nn.Linear(in_features, out_
 * ``qweight`` int32 [in * bits / 32, out]: the integer weights, packed along the input features
   (:mod:`plugformer.core.qpack`);
 * ``qzeros`` int32 [groups, out * bits / 32]: the integer zero points, packed along the output
-  features. GPTQ v1 (``checkpoint_format: gptq``) stores ``zero - 1``; v2 stores ``zero``;
+  features. GPTQ v1 (``checkpoint_format: gptq``) stores ``zero - 1`` (a zero point of 0
+  borrowing from its neighbour, as GPTQModel writes it: see
+  :func:`~plugformer.core.qpack.gptq_v1_zero_points`); v2 stores ``zero``;
 * ``scales`` float16 [groups, out];
 * ``g_idx`` int32 [in]: the group of each input feature (``i // group_size``, or a permutation of
   it with act-order, ``desc_act``);
@@ -46,7 +48,7 @@ from torch import nn
 
 from plugformer.core.memory import release_free_memory
 from plugformer.core.qkernels import Kernel, make_kernel
-from plugformer.core.qpack import SUPPORTED_BITS, pack, run_length, unpack
+from plugformer.core.qpack import SUPPORTED_BITS, gptq_v1_zero_points, pack, run_length, unpack
 
 BACKENDS = ("auto", "dequant", "reference", "torch_int4", "torch_int8", "triton")
 ZERO_FORMATS = ("gptq", "gptq_v2", "float")
@@ -117,7 +119,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("qzeros", torch.zeros(shape, dtype=torch.int32))
         self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
         gs = in_features if group_size == -1 else group_size
-        self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32) // gs)
+        # computed on the CPU: integer division of a meta tensor imports torch._dynamo
+        g_idx = torch.arange(in_features, dtype=torch.int32, device="cpu") // gs
+        self.register_buffer("g_idx", g_idx.to(self.qweight.device))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._kernels: dict[tuple[torch.device, torch.dtype], Kernel] = {}
         self._kernel_names: dict[tuple[torch.device, torch.dtype], str] = {}
@@ -170,10 +174,13 @@ class QuantLinear(nn.Module):
         return unpack(self.qweight, self.bits, dim=0)
 
     def zero_points(self) -> torch.Tensor:
-        """Integer zero points [groups, out] (int32); GPTQ v1's stored ``zero - 1`` undone."""
+        """Integer zero points [groups, out] (int32); GPTQ v1's stored ``zero - 1`` undone the
+        way GPTQModel does (:func:`~plugformer.core.qpack.gptq_v1_zero_points`)."""
         if self.zero_format == "float":
             raise ValueError("this layer has float offsets, not integer zero points")
-        return unpack(self.qzeros, self.bits, dim=1) + (1 if self.zero_format == "gptq" else 0)
+        if self.zero_format == "gptq":
+            return gptq_v1_zero_points(self.qzeros, self.bits)
+        return unpack(self.qzeros, self.bits, dim=1)
 
     def scales_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, o)`` [groups, out] float32 with ``W = s * q + o`` (``o = -s * zero``)."""

@@ -66,7 +66,8 @@ def _write_tiny_llama(path: Path, qtype) -> dict[str, np.ndarray]:
 def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, qtype):
     path = tmp_path / "tiny.gguf"
     written = _write_tiny_llama(path, qtype)
-    engine = plugformer.Engine.from_overrides([f"model.path={path}"])
+    # bfloat16 keeps the blocks quantized (float32 on the CPU loads them dense)
+    engine = plugformer.Engine.from_overrides([f"model.path={path}", "model.dtype=bfloat16"])
     layers = {n: m for n, m in engine.model.named_modules() if isinstance(m, QuantLinear)}
     assert len(layers) == 14
     m = layers["layers.1.mlp.down"]
@@ -76,11 +77,15 @@ def test_ggml_blocks_run_quantized_with_the_float_path_logits(tmp_path, qtype):
     blocks = gguf.quants.quantize(written["blk.1.ffn_down.weight"], qtype)
     want = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy())
     assert torch.equal(m.dequantize(), want)
-    quantized_logits = engine.logits(IDS)
+    x = torch.randn(3, m.in_features)
+    m.set_backend("dequant")  # float32 activations: exactly the dequantized matmul
+    torch.testing.assert_close(m(x), x @ want.t(), atol=0, rtol=0)
 
+    dense = plugformer.Engine.from_overrides([f"model.path={path}"])  # float32: dense layers
+    assert not any(isinstance(m, QuantLinear) for m in dense.model.modules())
+    torch.testing.assert_close(dense.model.get_submodule("layers.1.mlp.down").weight, want)
     floats = plugformer.Engine.from_overrides([f"model.path={path}", "quant.dequantize=true"])
-    assert not any(isinstance(m, QuantLinear) for m in floats.model.modules())
-    assert torch.equal(quantized_logits, floats.logits(IDS))
+    assert torch.equal(dense.logits(IDS), floats.logits(IDS))
 
 
 def test_bf16_runs_the_int4_kernel(tmp_path):

@@ -7,8 +7,9 @@ resolves them through the default plugin set (:func:`default_parts`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +68,34 @@ def build_parts(registry: Registry, spec: ModelSpec, where: str = "model.spec") 
         module: nn.Module = registry.build("norm", norm_config, NormDims(dim, spec.norm_eps))
         return module
 
-    with torch.device("meta"):
+    with on_meta():
         mlp()
         norm(spec.hidden_size)
     return Parts(mlp, norm)
+
+
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_",
+          "xavier_uniform_", "xavier_normal_")  # fmt: skip
+
+
+@contextlib.contextmanager
+def on_meta() -> Iterator[None]:
+    """Build modules on the meta device (shapes only) without running their random
+    initialisation: on meta tensors those go through ``torch._refs``, whose first use imports
+    ``torch._dynamo`` (sympy, triton: ~170 MB resident) for nothing."""
+    saved = {name: getattr(nn.init, name) for name in _INITS}
+    for name in _INITS:
+        setattr(nn.init, name, _keep)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
 
 
 def default_parts(spec: ModelSpec) -> Parts:

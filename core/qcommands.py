@@ -2,12 +2,13 @@
 
 * ``plugformer quantize quant=gptq quant.bits=4 quant.group_size=64 output_dir=DIR [overrides]``
   quantizes the configured model and writes a GPTQ checkpoint directory
-  (:func:`plugformer.core.qsave.save_quantized`); ``model.path=DIR`` loads it back.
+  (:func:`plugformer.core.qsave.save_quantized`; ``checkpoint_format=gptq|gptq_v2`` overrides
+  its choice of v1 for symmetric and v2 for asymmetric grids); ``model.path=DIR`` loads it back.
 * ``plugformer eval perplexity data=<text file> [window=512] [stride=256] [overrides]`` prints
   the number of scored tokens, then ``perplexity=<value>`` as its last line.
 
-``output_dir``, ``data``, ``window`` and ``stride`` belong to the command, not to the config;
-everything else is a Hydra override.
+``output_dir``, ``checkpoint_format``, ``data``, ``window`` and ``stride`` belong to the
+command, not to the config; everything else is a Hydra override.
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def _positive_int(options: dict[str, str], key: str, default: int) -> int:
 def quantize_command(args: list[str]) -> int:
     from plugformer.core.config import compose
     from plugformer.core.engine import Engine
-    from plugformer.core.qsave import save_quantized
+    from plugformer.core.qsave import CHECKPOINT_FORMATS, save_quantized
     from plugformer.core.quantize import quantized_summary
 
-    options, overrides = take_options(args, ("output_dir",))
+    options, overrides = take_options(args, ("output_dir", "checkpoint_format"))
     if not options.get("output_dir"):
         raise ConfigError("output_dir: missing value; set it with output_dir=DIR")
+    fmt = options.get("checkpoint_format")
+    if fmt is not None and fmt not in CHECKPOINT_FORMATS:
+        raise ConfigError(f"checkpoint_format: {fmt!r} is not supported (supported: gptq, gptq_v2)")
     config = compose(overrides)
     if config.model.path is None and config.model.source is None:
         raise ConfigError(
@@ -72,7 +76,7 @@ def quantize_command(args: list[str]) -> int:
     engine = Engine(config)
     total = time.perf_counter() - start
     seconds = getattr(engine.quantizer, "seconds", None)
-    out = save_quantized(engine, options["output_dir"])
+    out = save_quantized(engine, options["output_dir"], fmt)
     took = f"{seconds:.1f} s" if seconds is not None else f"{total:.1f} s with loading"
     print(f"quantized {quantized_summary(engine.model)} in {took}")
     print(f"wrote {out}")

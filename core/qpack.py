@@ -119,3 +119,21 @@ def _unpack_bytes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     shape = list(packed.shape)
     shape[dim] = w * 32 // bits
     return out.reshape(shape)
+
+
+def gptq_v1_zero_points(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """Zero points [groups, out] (int32) of GPTQ v1 ``qzeros`` [groups, out * bits / 32].
+
+    v1 stores ``zero - 1``, and writers differ only where a zero point is 0. GPTQModel (and
+    transformers/optimum, which convert through it) subtract the constant with one value of 1
+    in every field from each whole 32-bit word, so a field of 0 borrows from the next field;
+    adding the constant back word by word (modulo 2**32) undoes exactly that. For 3 bits,
+    whose values straddle words, they shift each field on its own, modulo 8. Where every zero
+    point is at least 1 (AutoGPTQ, plugformer) both read as ``field + 1``."""
+    _check_bits(bits)
+    if bits == 3:
+        return (unpack(qzeros, 3, dim=1) + 1) & 0x7
+    ones = sum(1 << (bits * j) for j in range(32 // bits))  # 0x11111111 for 4 bits
+    words = (qzeros.to(torch.int64) + ones) & 0xFFFFFFFF
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return unpack(words, bits, dim=1)

@@ -9,7 +9,13 @@ and vLLM load, and ``model.path=DIR`` loads back to identical logits:
   ``<prefix>.scales`` float16, ``<prefix>.g_idx`` int32 (and ``<prefix>.bias``); the other
   tensors in the model's dtype, so nothing is rounded twice;
 * ``config.json``: the model's config plus ``quantization_config`` (``quant_method: gptq``,
-  ``bits``, ``group_size``, ``desc_act``, ``sym``, ``checkpoint_format: gptq``, ...);
+  ``bits``, ``group_size``, ``desc_act``, ``sym``, ``checkpoint_format``, ...). The format is
+  ``gptq`` (v1, ``qzeros`` hold ``zero - 1``) for symmetric grids, which every GPTQ reader
+  takes, and ``gptq_v2`` (``qzeros`` hold the zero points) for asymmetric ones: GPTQModel
+  refuses asymmetric v1 files unless GPTQModel wrote them (v1 cannot store a zero point of 0
+  the same way in every tool), and loads v2, as do transformers (through GPTQModel) and vLLM.
+  ``checkpoint_format=gptq`` forces v1 (plugformer's zero points are at least 1, so nothing is
+  lost; old exllama-style kernels need it);
 * ``generation_config.json``, and the tokenizer: ``tokenizer.json`` and ``tokenizer_config.json``
   (special tokens, chat template), for a model whose tokenizer is a ``tokenizers`` one (GGUF
   metadata tokenizers included).
@@ -26,6 +32,7 @@ import torch
 from plugformer.core.errors import ConfigError
 from plugformer.core.hf_tokenizer import HFTokenizer
 from plugformer.core.qlinear import QuantLinear
+from plugformer.core.qpack import pack
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -40,8 +47,38 @@ def _hf_names(checkpoint: Any, family: Any) -> dict[str, str]:
     return names
 
 
-def quantization_config(layers: list[QuantLinear], method: str) -> dict[str, Any]:
-    """The ``quantization_config`` of layers that share one layout (else a ConfigError)."""
+CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
+
+
+def checkpoint_format_for(layers: list[QuantLinear], requested: str | None = None) -> str:
+    """The format to write: ``requested``, else v1 for symmetric layers and v2 otherwise."""
+    if requested is not None:
+        if requested not in CHECKPOINT_FORMATS:
+            raise ConfigError(
+                f"checkpoint_format: {requested!r} is not supported (supported: gptq, gptq_v2)"
+            )
+        return requested
+    return "gptq" if all(m.sym for m in layers) else "gptq_v2"
+
+
+def stored_qzeros(m: QuantLinear, fmt: str) -> torch.Tensor:
+    """``m.qzeros`` as ``fmt`` stores them (v1: ``zero - 1``, v2: ``zero``)."""
+    if m.zero_format == fmt:
+        return m.qzeros
+    zeros = m.zero_points().to(torch.int64) - (1 if fmt == "gptq" else 0)
+    if zeros.min() < 0:
+        raise ConfigError(
+            "quantize: a zero point of 0 has no GPTQ v1 form that every reader agrees on; "
+            "write checkpoint_format=gptq_v2"
+        )
+    return pack(zeros, m.bits, dim=1)
+
+
+def quantization_config(
+    layers: list[QuantLinear], method: str, fmt: str | None = None
+) -> dict[str, Any]:
+    """The ``quantization_config`` of layers that share one layout (else a ConfigError),
+    written in checkpoint format ``fmt`` (default: :func:`checkpoint_format_for`)."""
     layouts = {(m.bits, m.group_size, m.sym, m.desc_act, m.zero_format) for m in layers}
     if len(layouts) != 1:
         raise ConfigError(
@@ -49,6 +86,7 @@ def quantization_config(layers: list[QuantLinear], method: str) -> dict[str, Any
             f"({sorted(layouts)}); one GPTQ quantization_config describes only one"
         )
     bits, group_size, sym, desc_act, zero_format = layouts.pop()
+    fmt = checkpoint_format_for(layers, fmt)
     if zero_format == "float":
         raise ConfigError(
             "quantize: float zero points (GGUF Q4_1) have no GPTQ representation; "
@@ -62,8 +100,8 @@ def quantization_config(layers: list[QuantLinear], method: str) -> dict[str, Any
         "group_size": group_size,
         "desc_act": desc_act,
         "sym": sym,
-        "checkpoint_format": zero_format,
-        "format": zero_format,
+        "checkpoint_format": fmt,
+        "format": fmt,
         "pack_dtype": "int32",
         "lm_head": False,
         "static_groups": False,
@@ -72,8 +110,11 @@ def quantization_config(layers: list[QuantLinear], method: str) -> dict[str, Any
     }
 
 
-def save_quantized(engine: Any, output_dir: str | Path) -> Path:
-    """Write ``engine``'s quantized model to ``output_dir``; returns the directory."""
+def save_quantized(
+    engine: Any, output_dir: str | Path, checkpoint_format: str | None = None
+) -> Path:
+    """Write ``engine``'s quantized model to ``output_dir``; returns the directory.
+    ``checkpoint_format``: ``gptq`` or ``gptq_v2`` (default: v1 when symmetric, else v2)."""
     model, checkpoint, family = engine.model, engine.checkpoint, engine.family
     if checkpoint is None or family is None:
         raise ConfigError(
@@ -84,7 +125,8 @@ def save_quantized(engine: Any, output_dir: str | Path) -> Path:
     if not layers:
         raise ConfigError("quantize: no layer was quantized; choose quant=gptq or quant=rtn")
     method = getattr(getattr(engine.quantizer, "config", None), "name", "gptq")
-    qconfig = quantization_config(list(layers.values()), method)
+    fmt = checkpoint_format_for(list(layers.values()), checkpoint_format)
+    qconfig = quantization_config(list(layers.values()), method, fmt)
     damp = getattr(getattr(engine.quantizer, "config", None), "damp_percent", None)
     if damp is not None:
         qconfig["damp_percent"] = damp
@@ -106,6 +148,8 @@ def save_quantized(engine: Any, output_dir: str | Path) -> Path:
             hf = hf_of.get(name)
         if hf is None:
             raise ConfigError(f"quantize: no checkpoint name for our tensor {name!r}")
+        if path in layers and leaf == "qzeros":
+            t = stored_qzeros(layers[path], fmt)
         tensors[hf] = t.detach().to("cpu").contiguous()
 
     out = Path(output_dir).expanduser()

@@ -18,6 +18,7 @@ from test_quant_pack import autogptq_pack_rows
 import plugformer
 from plugformer.core.errors import CheckpointError, ConfigError
 from plugformer.core.qlinear import QuantLinear
+from plugformer.core.qpack import pack, unpack
 from plugformer.core.qsave import save_quantized
 
 transformers = pytest.importorskip("transformers")
@@ -69,10 +70,12 @@ def test_saved_directory_has_the_gptq_layout(quantized):
     assert {k: qc[k] for k in ("quant_method", "bits", "group_size", "desc_act", "sym")} == {
         "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False,
     }  # fmt: skip
-    assert qc["checkpoint_format"] == "gptq" and qc["pack_dtype"] == "int32"
+    # asymmetric: v2 (GPTQModel refuses asymmetric v1 files that it did not write itself)
+    assert qc["checkpoint_format"] == qc["format"] == "gptq_v2" and qc["pack_dtype"] == "int32"
+    assert qc["meta"]["quantizer"] == [f"plugformer:{plugformer.__version__}"]
     theirs = transformers.GPTQConfig.from_dict(qc)  # transformers validates it as its own
     assert (theirs.bits, theirs.group_size, theirs.sym, theirs.desc_act) == (4, 32, False, True)
-    assert theirs.format == "gptq"
+    assert theirs.format == "gptq_v2"
     assert config["architectures"] == ["LlamaForCausalLM"]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         names = set(f.keys())
@@ -100,6 +103,74 @@ def test_saved_model_loads_back_to_identical_logits(quantized):
     assert sum(isinstance(m, QuantLinear) for m in loaded.model.modules()) == 14
 
 
+def test_asymmetric_v2_stores_the_zero_points_and_v1_stores_them_minus_one(quantized, tmp_path):
+    engine, out = quantized
+    layer = engine.model.get_submodule(_our_path(engine, "model.layers.1.mlp.down_proj"))
+    zeros = layer.zero_points()  # [4 groups, 64]
+    assert layer.zero_format == "gptq" and zeros.min() >= 1 and zeros.max() <= 15
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        v2 = f.get_tensor("model.layers.1.mlp.down_proj.qzeros")
+    assert torch.equal(unpack(v2, 4, dim=1), zeros)
+    v1_dir = save_quantized(engine, tmp_path / "v1", checkpoint_format="gptq")
+    assert json.loads((v1_dir / "config.json").read_text())["quantization_config"][
+        "checkpoint_format"
+    ] == "gptq"  # fmt: skip
+    with safe_open(str(v1_dir / "model.safetensors"), "pt") as f:
+        v1 = f.get_tensor("model.layers.1.mlp.down_proj.qzeros")
+    assert torch.equal(unpack(v1, 4, dim=1), zeros - 1)
+    logits = engine.logits(IDS)
+    for d in (out, v1_dir):
+        assert torch.equal(
+            plugformer.Engine.from_overrides([f"model.path={d}"]).logits(IDS), logits
+        )
+    with pytest.raises(ConfigError, match="checkpoint_format: 'gptq_v3' is not supported"):
+        save_quantized(engine, tmp_path / "bad", checkpoint_format="gptq_v3")
+
+
+def test_symmetric_layers_are_written_as_gptq_v1(tiny, tmp_path):
+    _, path = tiny
+    engine = plugformer.Engine.from_overrides(
+        [f"model.path={path}", "quant=rtn", "quant.bits=4", "quant.group_size=32"]
+    )
+    out = save_quantized(engine, tmp_path / "sym")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["sym"], qc["checkpoint_format"], qc["format"]) == (True, "gptq", "gptq")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        stored = unpack(f.get_tensor("model.layers.0.self_attn.q_proj.qzeros"), 4, dim=1)
+    assert stored.unique().tolist() == [7]  # symmetric 4-bit zero point 8, minus one
+
+
+def _our_path(engine, hf_prefix):
+    return engine.family.tensor_name(hf_prefix + ".weight")[: -len(".weight")]
+
+
+# GPTQModel writes v1 by subtracting a 1 in every field from whole int32 words, so a zero
+# point of 0 borrows from the next field; the words below are that, worked out by hand
+@pytest.mark.parametrize(
+    "bits,word,zeros",
+    [
+        (4, -168763585, [0, 5, 0, 15, 1, 0, 7, 0]),  # 0x0701F050 - 0x11111111 = 0xF5F0DF3F
+        (8, -14593, [0, 200, 0, 1]),  # 0x0100C800 - 0x01010101 = 0xFFFFC6FF
+        (2, -1104122633, [0, 3, 0, 1, 2, 0, 0, 3, 1, 1, 0, 2, 3, 0, 1, 0]),  # 0xBE306CF7
+    ],
+)
+def test_gptq_v1_zero_points_of_zero_read_as_gptqmodel_writes_them(bits, word, zeros):
+    m = QuantLinear(32, len(zeros), bits, 32, sym=False, zero_format="gptq")
+    m.qzeros = torch.tensor([[word]], dtype=torch.int32)
+    assert m.zero_points().tolist() == [zeros]
+    # every zero point at least 1: the same as adding 1 to each field (AutoGPTQ, vLLM)
+    plus_one = [max(z, 1) for z in zeros]
+    m.qzeros = pack(torch.tensor([plus_one]) - 1, bits, dim=1)
+    assert m.zero_points().tolist() == [plus_one]
+
+
+def test_gptq_v1_3bit_zero_point_of_zero_wraps_per_field():
+    m = QuantLinear(32, 32, 3, 32, sym=False, zero_format="gptq")
+    stored = torch.tensor([[7, 0, 3, 6] * 8])  # GPTQModel: (zero - 1) mod 8 per field
+    m.qzeros = pack(stored, 3, dim=1)
+    assert m.zero_points().tolist() == [[0, 1, 4, 7] * 8]
+
+
 def test_a_quantized_checkpoint_refuses_another_quantizer(quantized):
     _, out = quantized
     with pytest.raises(ConfigError, match=r"already quantized .* runs as it is with quant=none"):
@@ -108,21 +179,33 @@ def test_a_quantized_checkpoint_refuses_another_quantizer(quantized):
 
 # -- a checkpoint packed by hand, as transformers / AutoGPTQ write it --------------------------
 def _pack_by_hand(w: torch.Tensor, bits: int, group_size: int, fmt: str = "gptq"):
-    """Asymmetric RTN of w [out, in] and AutoGPTQ's packing: (tensors, dequantized weight)."""
+    """Asymmetric RTN of w [out, in] and AutoGPTQ's packing: (tensors, dequantized weight).
+    ``fmt="gptqmodel"``: some rows non-negative, so that zero points of 0 occur, written as
+    GPTQModel writes v1 (``checkpoint_format: gptq``): the v2 words minus a 1 in every field."""
     out_f, in_f = w.shape
     maxq = 2**bits - 1
+    if fmt == "gptqmodel":
+        w = w.clone()
+        w[::3] = w[::3].abs()
     wg = w.reshape(out_f, in_f // group_size, group_size)
     lo = wg.min(-1).values.clamp(max=0)
     hi = wg.max(-1).values.clamp(min=0)
     scale = ((hi - lo) / maxq).half()  # [out, groups]
-    zero = torch.round(-lo / scale.float()).clamp(1, maxq)
+    zero = torch.round(-lo / scale.float()).clamp(0 if fmt == "gptqmodel" else 1, maxq)
     q = torch.clamp(torch.round(wg / scale.float()[..., None]) + zero[..., None], 0, maxq)
     deq = (scale.float()[..., None] * (q - zero[..., None])).reshape(out_f, in_f)
     ints = q.reshape(out_f, in_f).t().numpy().astype(np.uint32)  # [in, out]
     stored = (zero - (1 if fmt == "gptq" else 0)).t().numpy().astype(np.uint32)  # [groups, out]
+    qzeros = torch.from_numpy(autogptq_pack_rows(stored.T.copy(), bits).T.copy())
+    if fmt == "gptqmodel":
+        assert (zero == 0).any() and bits in (2, 4, 8)
+        ones = sum(1 << (bits * j) for j in range(32 // bits))
+        qzeros = torch.from_numpy(
+            ((qzeros.numpy().astype(np.int64) - ones) % 2**32).astype(np.uint32).view(np.int32)
+        )
     tensors = {
         "qweight": torch.from_numpy(autogptq_pack_rows(ints, bits)),
-        "qzeros": torch.from_numpy(autogptq_pack_rows(stored.T.copy(), bits).T.copy()),
+        "qzeros": qzeros,
         "scales": scale.t().contiguous(),
         "g_idx": torch.arange(in_f, dtype=torch.int32) // group_size,
     }
@@ -147,13 +230,17 @@ def _write_hand_packed(tiny, path: Path, bits=4, group_size=32, fmt="gptq", **qc
     config = json.loads((src / "config.json").read_text())
     config["quantization_config"] = {
         "quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
-        "sym": False, "checkpoint_format": fmt, "damp_percent": 0.1, **qc_extra,
+        "sym": False, "checkpoint_format": "gptq" if fmt == "gptqmodel" else fmt,
+        "damp_percent": 0.1, **qc_extra,
     }  # fmt: skip
     (path / "config.json").write_text(json.dumps(config))
     return deq_state
 
 
-@pytest.mark.parametrize("bits,fmt", [(4, "gptq"), (8, "gptq"), (3, "gptq"), (4, "gptq_v2")])
+@pytest.mark.parametrize(
+    "bits,fmt",
+    [(4, "gptq"), (8, "gptq"), (3, "gptq"), (4, "gptq_v2"), (4, "gptqmodel"), (2, "gptqmodel")],
+)
 def test_hand_packed_checkpoint_matches_transformers_on_dequantized_weights(
     tiny, tmp_path, bits, fmt
 ):

@@ -160,13 +160,14 @@ def main() -> None:
                         "--ids", ",".join(map(str, IDS)), threads=args.threads)  # fmt: skip
             results[key] = info if "error" in info else {**info, **compare(ours, dump)}
 
-    for sym, act in VARIANTS:
-        label = f"plugformer-written sym={sym} desc_act={act}"
-        out_dir = work / f"pf_sym{sym}_act{act}"
+    # the last: asymmetric forced to v1, which GPTQModel refuses (not written by GPTQModel)
+    for sym, act, fmt in [*((s, a, None) for s, a in VARIANTS), (False, False, "gptq")]:
+        label = f"plugformer-written sym={sym} desc_act={act}" + (f" {fmt}" if fmt else "")
+        out_dir = work / f"pf_sym{sym}_act{act}{fmt or ''}"
         cmd = [sys.executable, "-m", "plugformer", "quantize", f"model.path={work / 'float'}",
                "quant=gptq", "quant.bits=4", "quant.group_size=32", f"quant.sym={str(sym).lower()}",
                f"quant.desc_act={str(act).lower()}", "quant.nsamples=8", "quant.seqlen=64",
-               f"output_dir={out_dir}"]  # fmt: skip
+               f"output_dir={out_dir}"] + ([f"checkpoint_format={fmt}"] if fmt else [])  # fmt: skip
         print(f"running {label}: quantize", file=sys.stderr)
         subprocess.run(cmd, check=True, capture_output=True)
         qc = json.loads((out_dir / "config.json").read_text())["quantization_config"]
@@ -180,7 +181,7 @@ def main() -> None:
                     "--desc-act", str(act).lower(), threads=args.threads)  # fmt: skip
         results[f"{label} | config"] = info
         if "error" not in info:
-            run(label, out_dir, ("gptqmodel",))
+            run(label, out_dir, ("gptqmodel", "transformers"))
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print("| checkpoint | loaded by | kernel | max abs logit diff vs plugformer "
           "| max abs weight diff | max abs logit |")  # fmt: skip

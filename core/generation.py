@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from plugformer.core.errors import ValidationError
-from plugformer.core.model.kv_cache import KVCache
+from plugformer.core.model.kv_cache import KVCache, cache_dtype
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain
@@ -203,7 +203,7 @@ class BatchRun:
         lengths = valid.sum(dim=1)  # [B]
         positions = (torch.cumsum(valid, dim=1) - 1).clamp(min=0)  # [B, S]
         padded = not bool(valid.all())
-        cache = KVCache(b, longest + budget, self.dtype, device)
+        cache = KVCache(b, longest + budget, cache_dtype(self.dtype, device), device)
         mask = valid if padded else None
         logits = self.model(ids, positions, cache, mask, last_only=True)[:, -1]  # [B, V]
         history, hist_valid = ids, valid

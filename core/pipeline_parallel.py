@@ -126,7 +126,8 @@ class PipelineStage(nn.Module):
                 h = recv(
                     torch.empty(r1 - r0, s, hidden, dtype=self.dtype, device=device), self.rank - 1
                 )
-            h = self.model.run_layers(h, self.model.context(pos, ok, rows, h.dtype))
+            dtype = rows.dtype if rows is not None else h.dtype  # attention's (the cache's)
+            h = self.model.run_layers(h, self.model.context(pos, ok, rows, dtype))
             if self.last:
                 outs.append(self.model.finish(h[:, -1:] if last_only else h))
             else:

@@ -108,3 +108,24 @@ def test_other_quantizers_get_float_weights(tmp_path):
     )
     layers = [m for m in engine.model.modules() if isinstance(m, QuantLinear)]
     assert len(layers) == 14 and all(m.bits == 8 and m.zero_format == "gptq" for m in layers)
+
+
+def test_int8_head_runs_the_int8_kernel(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama(path, QT.Q4_1)
+    base = [f"model.path={path}", "model.dtype=bfloat16"]
+    plain = plugformer.Engine.from_overrides(base)
+    engine = plugformer.Engine.from_overrides([*base, "quant.head_bits=8"])
+    head = engine.model.get_submodule("head")
+    assert isinstance(head, QuantLinear) and (head.bits, head.groups) == (8, 1)
+    logits = engine.logits(IDS)
+    assert head._kernel_names == {(torch.device("cpu"), torch.bfloat16): "torch_int8"}
+    # per-row int8 of the head: each weight within one grid step (about row max / 127; half a
+    # step of rounding plus the float16 scale's) of the float one
+    w = plain.model.get_submodule("head").weight.float()
+    step = w.abs().amax(dim=1, keepdim=True) / 127
+    err = (head.dequantize() - w).abs()
+    assert (err <= step).all() and err.mean() < step.mean() / 3
+    torch.testing.assert_close(logits, plain.logits(IDS), rtol=0.05, atol=0.05)
+    with pytest.raises(plugformer.RefusedError, match=r"quant\.head_bits=4"):
+        plugformer.Engine.from_overrides([*base, "quant.head_bits=4"])

@@ -72,11 +72,11 @@ class SelfAttention(nn.Module):
         q, k = self.positional.rotate(q, k, ctx.rotary)
         if ctx.cache is not None and ctx.slots is not None:
             k, v = ctx.cache.update(self.layer, ctx.slots, k, v)  # [B, Hkv, T, D]
-        bias = ctx.bias  # [B, 1|H, S, T]
+        bias = ctx.bias  # [B, 1|H, S, T], in the dtype of k (the cache's)
         if self.head_range is not None and bias.shape[1] > 1:
             bias = bias[:, self.head_range[0] : self.head_range[1]]
-        out = self.kernel(q, k, v, bias)  # [B, Hq, S, D]
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
+        out = self.kernel(q.to(k.dtype), k, v, bias)  # [B, Hq, S, D]
+        return self.wo(out.to(x.dtype).transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
 
 
 class Block(nn.Module):
@@ -234,7 +234,8 @@ class Decoder(nn.Module):
         if positions is None:
             positions = torch.arange(s, device=x.device).expand(b, s)
         h = self.embed_tokens(x, positions) if self.embed is not None else x  # [B, S, hidden]
-        h = self.run_layers(h, self.context(positions, valid, cache, h.dtype))
+        dtype = cache.dtype if cache is not None else h.dtype  # attention's (the cache's)
+        h = self.run_layers(h, self.context(positions, valid, cache, dtype))
         return self.finish(h[:, -1:] if last_only else h)
 
 

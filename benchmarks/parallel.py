@@ -61,7 +61,7 @@ def main() -> None:
         print(f"{label}: {json.dumps(r)}", file=sys.stderr)
     print(
         "| run | decode b1 tok/s | decode b8 tok/s | prefill 512 tok/s "
-        "| peak RSS per rank MB | RSS after load per rank MB |"
+        "| peak RSS per rank MB | RSS at the end per rank MB |"
     )
     print("|---|---|---|---|---|---|")
     for label, r in results.items():

@@ -19,6 +19,7 @@ from plugformer.core.generation import BatchRun, Request, Row, make_request
 from plugformer.core.hf_config import decoder_tp_plan
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
+from plugformer.core.memory import release_free_memory
 from plugformer.core.model.build import build_parts, on_meta
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.positional import PositionalDims
@@ -116,6 +117,8 @@ class Engine:
             model.set_kernel(registry.build("attention", self.attention_config, local))
         plan = family.tp_plan() if family is not None else decoder_tp_plan(spec.mlp)
         self.model = self.parallel.parallelize(model, plan)
+        if self.parallel.world_size > 1:
+            release_free_memory()  # the cut-away shards and layers go back to the system
         self.family = family
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()

@@ -29,6 +29,11 @@ CONFIGS = {
     "plugformer int8": ["model.dtype=bfloat16", "quant=rtn", "quant.bits=8"],
     "plugformer Q4_1": ["model.dtype=bfloat16"],  # the GGUF's own int4 blocks, run quantized
     "plugformer Q4_1 + int8 head": ["model.dtype=bfloat16", "quant.head_bits=8"],
+    "plugformer Q4_1 + int8 head + fused": [
+        "model.dtype=bfloat16",
+        "quant.head_bits=8",
+        "fuse_projections=true",
+    ],
 }
 
 VENVS = {

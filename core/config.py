@@ -95,6 +95,9 @@ class Config:
     stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
     seed: int = 0
     device: str = "cpu"
+    # join q/k/v and gate/up into one layer each after loading (decode speed; see
+    # core/model/fuse.py: weights changed later through the old module names have no effect)
+    fuse_projections: bool = False
 
 
 def sync_config_store(registry: Registry) -> None:

@@ -22,6 +22,7 @@ from plugformer.core.loading import find_family, load_weights, open_checkpoint, 
 from plugformer.core.memory import release_free_memory
 from plugformer.core.model.build import build_parts, on_meta
 from plugformer.core.model.decoder import Decoder, default_scale
+from plugformer.core.model.fuse import fuse_projections
 from plugformer.core.positional import PositionalDims
 from plugformer.core.qcheckpoint import prepare_quantized
 from plugformer.core.quantize import calibration_for
@@ -117,8 +118,10 @@ class Engine:
             model.set_kernel(registry.build("attention", self.attention_config, local))
         plan = family.tp_plan() if family is not None else decoder_tp_plan(spec.mlp)
         self.model = self.parallel.parallelize(model, plan)
-        if self.parallel.world_size > 1:
-            release_free_memory()  # the cut-away shards and layers go back to the system
+        if config.fuse_projections:
+            fuse_projections(self.model)
+        if self.parallel.world_size > 1 or config.fuse_projections:
+            release_free_memory()  # cut-away shards, layers and unfused copies go back
         self.family = family
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()

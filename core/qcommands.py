@@ -67,6 +67,11 @@ def quantize_command(args: list[str]) -> int:
             f"model: {config.model.name!r} has no checkpoint to take tensor names from; choose "
             "a model with weights (the default, model.path=<checkpoint>)"
         )
+    if config.fuse_projections:
+        raise ConfigError(
+            "fuse_projections: a fused model cannot be saved in the GPTQ layout; drop it here "
+            "and use it when running the saved model"
+        )
     if config.quant.name == "none":
         raise ConfigError(
             "quant: choose a quantizer, e.g. quant=gptq quant.bits=4 quant.group_size=64 "

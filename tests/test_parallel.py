@@ -83,6 +83,8 @@ def world2(tmp_path_factory):
         scenarios.append(scenario(f"{name}-tp", over + TP2))
         if name in TINY:
             scenarios.append(scenario(f"{name}-pp", over + PP2))
+    fused = ["fuse_projections=true"]  # q/k/v and gate/up joined after the cut
+    scenarios.append(scenario("rtn-tp-fused", QUANT["rtn"] + TP2 + fused))
     scenarios.append(scenario("smol-pp", PP2, max_new=8, ids=False))
     scenarios.append(scenario("dead", ["model=tiny", *TP2[:2], "parallel.timeout_s=30"], die=1))
     results = run_world(tmp, 2, scenarios)
@@ -115,6 +117,11 @@ def test_quantized_models_under_tensor_parallel(world2, name):
     tmp, _ = world2
     ref = reference(QUANT[name])
     _check(tmp, f"{name}-tp", 2, ref, 1e-5)
+
+
+def test_fused_projections_under_tensor_parallel(world2):
+    tmp, _ = world2
+    _check(tmp, "rtn-tp-fused", 2, reference(QUANT["rtn"]), 1e-5)
 
 
 def test_smollm2_pipeline_two_stages(world2):

@@ -23,6 +23,7 @@ from torch import nn
 
 from plugformer.core.attention import Attention
 from plugformer.core.model.build import Parts, default_parts
+from plugformer.core.model.fuse import concat_linears
 from plugformer.core.model.kv_cache import CacheRows, KVCache
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.positional import PositionalEncoding
@@ -63,12 +64,29 @@ class SelfAttention(nn.Module):
         self.wv = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.wo = nn.Linear(self.num_heads * self.head_dim, h, bias=spec.attention_out_bias)
         self.head_range: tuple[int, int] | None = None
+        self.wqkv: nn.Module | None = None  # set by fuse_projections()
+        self.qkv_sizes: tuple[int, int, int] = (0, 0, 0)
+
+    def fuse_projections(self) -> bool:
+        """Replace wq, wk, wv by one layer (see :mod:`plugformer.core.model.fuse`)."""
+        parts = [self.wq, self.wk, self.wv]
+        fused = concat_linears(parts)
+        if fused is None:
+            return False
+        self.qkv_sizes = tuple(int(m.out_features) for m in parts)  # type: ignore[assignment]
+        self.wqkv = fused
+        del self.wq, self.wk, self.wv
+        return True
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, s, _ = x.shape  # x: [B, S, hidden]
-        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
-        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
-        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
+        k = k.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        v = v.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
         q, k = self.positional.rotate(q, k, ctx.rotary)
         if ctx.cache is not None and ctx.slots is not None:
             k, v = ctx.cache.update(self.layer, ctx.slots, k, v)  # [B, Hkv, T, D]

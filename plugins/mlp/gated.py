@@ -13,6 +13,7 @@ from torch import nn
 
 from plugformer.core import hookimpl
 from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activation
+from plugformer.core.model.fuse import concat_linears
 
 
 @dataclass
@@ -31,6 +32,16 @@ class GatedMLP(nn.Module):
         self.up = nn.Linear(h, f, bias=bias)
         self.down = nn.Linear(f, h, bias=bias)
         self.act = ACTIVATIONS.get(dims.activation)
+        self.gate_up: nn.Module | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> bool:
+        """Replace gate and up by one layer (see :mod:`plugformer.core.model.fuse`)."""
+        fused = concat_linears([self.gate, self.up])
+        if fused is None:
+            return False
+        self.gate_up = fused
+        del self.gate, self.up
+        return True
 
     def check(self) -> list[str]:
         if self.act is None:
@@ -39,7 +50,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, S, hidden] -> [B, S, hidden]
-        return self.down(activation(self.dims.activation)(self.gate(x)) * self.up(x))
+        if self.gate_up is not None:
+            g, u = self.gate_up(x).chunk(2, dim=-1)  # [B, S, 2 * ffn] -> two [B, S, ffn]
+        else:
+            g, u = self.gate(x), self.up(x)
+        return self.down(activation(self.dims.activation)(g) * u)
 
 
 @hookimpl

@@ -25,7 +25,7 @@ def concat_linears(layers: list[nn.Module]) -> nn.Module | None:
     if all(type(m) is nn.Linear for m in layers):
         return _concat_dense(layers)  # type: ignore[arg-type]
     if all(isinstance(m, QuantLinear) for m in layers):
-        return _concat_quant(layers)  # type: ignore[arg-type]
+        return _concat_quant(layers)
     return None
 
 

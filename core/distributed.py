@@ -175,3 +175,35 @@ def recv(t: torch.Tensor, src: int) -> torch.Tensor:
     except RuntimeError as exc:
         raise _failed(f"receive from rank {src}", exc) from None
     return t
+
+
+# -- the shared part of strategies that run one process per rank ----------------------------
+@dataclass
+class DistributedConfig:
+    """Fields of every multi-process strategy's config (mixed into its ``ParallelConfig``)."""
+
+    backend: str = "auto"  # auto (nccl for CUDA, else gloo) | gloo | nccl
+    timeout_s: float = 300.0  # a collective or message waiting longer fails (e.g. a rank died)
+
+
+class GroupMember:
+    """``setup``/``teardown`` of a strategy whose config has ``backend`` and ``timeout_s``;
+    ``rank`` is the launcher's until the group is joined."""
+
+    config: DistributedConfig
+    rank: int
+
+    def _start(self) -> None:
+        env = launch_env()
+        self.rank = env.rank if env else 0
+
+    def _group_problems(self) -> list[str]:
+        return backend_problems(self.config.backend, self.config.timeout_s)
+
+    def setup(self, device: torch.device) -> torch.device:
+        device = join(device, self.config.backend, self.config.timeout_s)
+        self.rank = dist.get_rank()
+        return device
+
+    def teardown(self) -> None:
+        leave()

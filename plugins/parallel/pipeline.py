@@ -13,33 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from plugformer.core import hookimpl
-from plugformer.core.distributed import backend_problems, join, launch_env, leave, world_problems
+from plugformer.core.distributed import DistributedConfig, GroupMember, world_problems
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.parallel import ParallelConfig
 from plugformer.core.pipeline_parallel import make_stage, split_problems
 
 
 @dataclass
-class PipelineConfig(ParallelConfig):
+class PipelineConfig(ParallelConfig, DistributedConfig):
     name: str = "pipeline"
     stages: int = 2  # ranks (processes); must equal the launcher's WORLD_SIZE
     split: list[int] | None = None  # layers per stage; None: balanced by weights per token
     micro_batches: int = 0  # a batch's rows run in this many groups; 0: one per stage
-    backend: str = "auto"  # auto (nccl for CUDA, else gloo) | gloo | nccl
-    timeout_s: float = 300.0  # a message waiting longer fails (e.g. a rank died)
 
 
-class PipelineParallel:
+class PipelineParallel(GroupMember):
     """Each rank holds a contiguous run of layers (stage 0 the embedding, the last the head)."""
 
     def __init__(self, config: PipelineConfig, spec: ModelSpec) -> None:
         self.config = config
         self.spec = spec
-        env = launch_env()
-        self.rank = env.rank if env else 0
+        self._start()
         self.world_size = config.stages
 
     def check(self) -> list[str]:
@@ -50,20 +46,12 @@ class PipelineParallel:
             problems.append(f"parallel.micro_batches={mb!r} must be 0 (auto) or a positive integer")
         if not split_problems(self.spec.num_layers, c.stages, None):  # a usable count
             problems += world_problems("pipeline", "stages", c.stages)
-        return problems + backend_problems(c.backend, c.timeout_s)
-
-    def setup(self, device: torch.device) -> torch.device:
-        device = join(device, self.config.backend, self.config.timeout_s)
-        self.rank = dist.get_rank()
-        return device
+        return problems + self._group_problems()
 
     def parallelize(self, model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Module:
         c = self.config
         split = list(c.split) if c.split is not None else None
         return make_stage(model, self.rank, c.stages, split, c.micro_batches)
-
-    def teardown(self) -> None:
-        leave()
 
 
 @hookimpl

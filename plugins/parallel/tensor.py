@@ -11,31 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from plugformer.core import hookimpl
-from plugformer.core.distributed import backend_problems, join, launch_env, leave, world_problems
+from plugformer.core.distributed import DistributedConfig, GroupMember, world_problems
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.parallel import ParallelConfig
 from plugformer.core.tensor_parallel import local_heads, shard_model, spec_problems
 
 
 @dataclass
-class TensorConfig(ParallelConfig):
+class TensorConfig(ParallelConfig, DistributedConfig):
     name: str = "tensor"
     size: int = 2  # ranks (processes); must equal the launcher's WORLD_SIZE
-    backend: str = "auto"  # auto (nccl for CUDA, else gloo) | gloo | nccl
-    timeout_s: float = 300.0  # a collective waiting longer fails (e.g. a rank died)
 
 
-class TensorParallel:
+class TensorParallel(GroupMember):
     """Each rank holds 1/size of every attention and MLP layer and of the vocabulary."""
 
     def __init__(self, config: TensorConfig, spec: ModelSpec) -> None:
         self.config = config
         self.spec = spec
-        env = launch_env()
-        self.rank = env.rank if env else 0
+        self._start()
         self.world_size = config.size
 
     def check(self) -> list[str]:
@@ -43,7 +39,7 @@ class TensorParallel:
         problems = world_problems("tensor", "size", c.size)
         if not isinstance(c.size, bool) and isinstance(c.size, int) and c.size > 0:
             problems = spec_problems(self.spec, c.size) + problems  # the model's counts first
-        return problems + backend_problems(c.backend, c.timeout_s)
+        return problems + self._group_problems()
 
     @property
     def attention_heads(self) -> tuple[int, int] | None:
@@ -51,18 +47,10 @@ class TensorParallel:
             return None
         return local_heads(self.spec, self.config.size)
 
-    def setup(self, device: torch.device) -> torch.device:
-        device = join(device, self.config.backend, self.config.timeout_s)
-        self.rank = dist.get_rank()
-        return device
-
     def parallelize(self, model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Module:
         if self.config.size == 1:
             return model
         return shard_model(model, plan, self.spec, self.rank, self.config.size)
-
-    def teardown(self) -> None:
-        leave()
 
 
 @hookimpl

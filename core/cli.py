@@ -170,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     command, overrides = args[0], args[1:]
+    if any(a in ("-h", "--help") for a in overrides):  # plugformer bench --help
+        print(USAGE, end="")
+        return 0
     if command not in COMMANDS:
         print(f"plugformer: error: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
         return 2

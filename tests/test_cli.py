@@ -72,3 +72,8 @@ def test_unknown_command_and_help():
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert main(["frobnicate"]) == 2
+
+
+def test_help_after_a_command_prints_usage(capsys):
+    assert main(["bench", "--help"]) == 0
+    assert "bench      measure load" in capsys.readouterr().out

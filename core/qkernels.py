@@ -12,6 +12,7 @@ device and dtype (see :mod:`plugformer.core.qlinear` for the measurements behind
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -108,8 +109,20 @@ def int8_ok(m: QuantLinear) -> bool:
     return m.bits == 8 and m.groups == 1 and m.in_features % 16 == 0
 
 
+def int8_weights(m: QuantLinear) -> torch.Tensor:
+    """``q - 128`` as int8 [out, in] for an 8-bit layer, read from the bytes of ``qweight``
+    (four values per int32 word, the first in the lowest byte) without an int32 [in, out]
+    intermediate: a 49152-row head needs 56 MB of temporaries instead of 250 MB."""
+    k, n = m.in_features, m.out_features
+    if sys.byteorder != "little":
+        return (m.int_weight().t() - 128).to(torch.int8).contiguous()
+    b = m.qweight.contiguous().view(torch.uint8)  # [k / 4, n * 4]: each word's 4 bytes
+    b = b.view(k // 4, n, 4).permute(1, 0, 2).reshape(n, k)  # [n, k] unsigned q
+    return torch.bitwise_xor(b, 0x80).view(torch.int8)  # q - 128
+
+
 def _int8_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
-    w8 = (m.int_weight().t() - 128).to(torch.int8).contiguous()  # [out, in]
+    w8 = int8_weights(m)  # [out, in]
     s, o = m.scales_offsets()
     scale = s[0].to(dtype)
     corr = o[0] + 128 * s[0]  # W = s * (q - 128) + corr

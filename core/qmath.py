@@ -92,3 +92,28 @@ def rtn(linear: nn.Linear, bits: int, group_size: int, sym: bool) -> QuantLinear
         q, torch.stack(scales), torch.stack(zeros), None, bits, group_size,
         linear.bias, sym=sym,
     )  # fmt: skip
+
+
+def rtn_by_rows(linear: nn.Linear, bits: int, sym: bool, rows: int = 4096) -> QuantLinear:
+    """Per-channel :func:`rtn` of ``linear`` computed ``rows`` output rows at a time, so that
+    the float32 temporaries stay small for a wide layer (an LM head of 49152 rows); the result
+    is the same layer ``rtn(linear, bits, -1, sym)`` gives."""
+    out_features, in_features = linear.weight.shape
+    per_word = 32 // bits
+    rows = max(per_word, rows - rows % per_word)  # whole int32 words of packed zero points
+    w = linear.weight.detach()
+    with torch.device(w.device):
+        full = QuantLinear(
+            in_features, out_features, bits, -1, linear.bias is not None, sym=sym
+        )
+    for r0 in range(0, out_features, rows):
+        r1 = min(r0 + rows, out_features)
+        part = nn.Linear(in_features, r1 - r0, bias=False, device="meta")
+        part.weight = nn.Parameter(w[r0:r1], requires_grad=False)  # a view: no copy
+        m = rtn(part, bits, -1, sym)
+        full.qweight[:, r0:r1] = m.qweight
+        full.scales[:, r0:r1] = m.scales
+        full.qzeros[:, r0 // per_word : -(-r1 // per_word)] = m.qzeros
+    if linear.bias is not None:
+        full.bias = linear.bias.detach().clone()
+    return full

@@ -166,3 +166,27 @@ def test_pack_shapes_of_a_hand_built_layer():
     m = QuantLinear.from_ints(q, torch.ones(2, 16), torch.full((2, 16), 8), None, 4, 32)
     assert torch.equal(m.qweight, pack(q.t(), 4, 0))
     assert torch.equal(m.g_idx, torch.arange(64, dtype=torch.int32) // 32)
+
+
+@pytest.mark.parametrize("bits,rows", [(8, 16), (4, 24), (8, 4096)])
+def test_rtn_by_rows_equals_rtn(bits, rows):
+    from plugformer.core.qmath import rtn, rtn_by_rows
+
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(64, 104, bias=True)  # a last chunk shorter than the others
+    with torch.no_grad():
+        lin.weight.normal_(generator=g)
+        lin.bias.normal_(generator=g)
+    whole, by_rows = rtn(lin, bits, -1, sym=True), rtn_by_rows(lin, bits, sym=True, rows=rows)
+    for name in ("qweight", "qzeros", "scales", "g_idx", "bias"):
+        assert torch.equal(getattr(whole, name), getattr(by_rows, name)), name
+
+
+def test_int8_weights_read_from_the_packed_bytes():
+    from plugformer.core.qkernels import int8_weights
+    from plugformer.core.qmath import rtn
+
+    lin = torch.nn.Linear(64, 48)
+    m = rtn(lin, 8, -1, sym=False)
+    want = (m.int_weight().t() - 128).to(torch.int8)
+    assert torch.equal(int8_weights(m), want)

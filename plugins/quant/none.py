@@ -9,7 +9,7 @@ import torch
 from plugformer.core import hookimpl
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.qlinear import swap_module
-from plugformer.core.qmath import rtn
+from plugformer.core.qmath import rtn_by_rows
 from plugformer.core.quant import QuantConfig
 
 
@@ -47,7 +47,7 @@ class NoQuant:
         if self.config.head_bits is not None and isinstance(head, torch.nn.Linear):
             # one scale per vocabulary row: the int8 op's layout (a tied embedding keeps its
             # float table for lookups)
-            quantized = rtn(head, self.config.head_bits, -1, sym=True)
+            quantized = rtn_by_rows(head, self.config.head_bits, sym=True)
             swap_module(model, "head", quantized.to(head.weight.device))
         return model
 

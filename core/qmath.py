@@ -103,9 +103,7 @@ def rtn_by_rows(linear: nn.Linear, bits: int, sym: bool, rows: int = 4096) -> Qu
     rows = max(per_word, rows - rows % per_word)  # whole int32 words of packed zero points
     w = linear.weight.detach()
     with torch.device(w.device):
-        full = QuantLinear(
-            in_features, out_features, bits, -1, linear.bias is not None, sym=sym
-        )
+        full = QuantLinear(in_features, out_features, bits, -1, linear.bias is not None, sym=sym)
     for r0 in range(0, out_features, rows):
         r1 = min(r0 + rows, out_features)
         part = nn.Linear(in_features, r1 - r0, bias=False, device="meta")

@@ -13,6 +13,7 @@ The chain runs in ascending ``priority``; the next token is then drawn from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,3 +57,28 @@ class Sampler(Protocol):
 def knob(params: Any, name: str, default: Any) -> Any:
     """A knob's value from a params object, or ``default`` when no plugin declares it."""
     return getattr(params, name, default)
+
+
+def generated_slots(logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
+    """For output-only penalties: the column of each history token in a [B, V + 1] table, its
+    id where it was generated, ``V`` (a spare column, dropped after) for prompt positions,
+    padding and ids past the vocabulary. [B, T] long.
+
+    The generated tokens of row ``b`` are ``token_ids[b, prompt_lengths[b]:]`` (with left
+    padding, ``prompt_lengths`` counts the padding too) where ``ctx.valid`` is not False."""
+    ids = ctx.token_ids.to(logits.device)  # [B, T]
+    vocab = logits.shape[-1]
+    positions = torch.arange(ids.shape[-1], device=ids.device)  # [T]
+    generated = positions >= ctx.prompt_lengths.to(ids.device).long()[:, None]  # [B, T]
+    if ctx.valid is not None:
+        generated &= ctx.valid.to(ids.device)
+    return torch.where(generated, ids.clamp(max=vocab), vocab)
+
+
+def signed_penalty_problems(name: str, p: Any) -> list[str]:
+    """Why ``p`` is not a valid OpenAI-style penalty (a finite number in [-2, 2])."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+        return [f"{name} must be a finite number in [-2, 2] (0 disables), got {p!r}"]
+    if not -2 <= p <= 2:
+        return [f"{name} must be in [-2, 2] (0 disables), got {p!r}"]
+    return []

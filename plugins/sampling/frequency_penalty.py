@@ -8,14 +8,19 @@ encourage it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.sampler import SamplerConfig, SamplingContext, knob
+from plugformer.core.sampler import (
+    SamplerConfig,
+    SamplingContext,
+    generated_slots,
+    knob,
+    signed_penalty_problems,
+)
 
 
 @dataclass
@@ -25,18 +30,10 @@ class FrequencyPenaltyConfig(SamplerConfig):
 
 
 def generated_counts(logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
-    """How often each token was generated in each row: [B, V] float32.
-
-    The generated tokens of row ``b`` are ``token_ids[b, prompt_lengths[b]:]`` (with left
-    padding, ``prompt_lengths`` counts the padding too) where ``ctx.valid`` is not False."""
-    ids = ctx.token_ids.to(logits.device)  # [B, T]
+    """How often each token was generated in each row: [B, V] float32 (see
+    :func:`~plugformer.core.sampler.generated_slots`)."""
     batch, vocab = logits.shape
-    positions = torch.arange(ids.shape[-1], device=ids.device)  # [T]
-    generated = positions >= ctx.prompt_lengths.to(ids.device).long()[:, None]  # [B, T]
-    if ctx.valid is not None:
-        generated &= ctx.valid.to(ids.device)
-    # prompt positions (and ids past the vocabulary) count in a spare column, dropped after
-    target = torch.where(generated, ids.clamp(max=vocab), vocab)  # [B, T]
+    target = generated_slots(logits, ctx)  # [B, T]
     counts = torch.zeros(batch, vocab + 1, dtype=logits.dtype, device=logits.device)
     counts.scatter_add_(-1, target, torch.ones_like(target, dtype=logits.dtype))
     return counts[:, :vocab]
@@ -51,12 +48,7 @@ class FrequencyPenalty:
         self.penalty = penalty
 
     def check(self) -> list[str]:
-        p = self.penalty
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
-            return [f"frequency_penalty must be a finite number in [-2, 2] (0 disables), got {p!r}"]
-        if not -2 <= p <= 2:
-            return [f"frequency_penalty must be in [-2, 2] (0 disables), got {p!r}"]
-        return []
+        return signed_penalty_problems("frequency_penalty", self.penalty)
 
     def __call__(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
         # logits: [B, V]

@@ -8,14 +8,19 @@ negative ones encourage repetition.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.sampler import SamplerConfig, SamplingContext, knob
+from plugformer.core.sampler import (
+    SamplerConfig,
+    SamplingContext,
+    generated_slots,
+    knob,
+    signed_penalty_problems,
+)
 
 
 @dataclass
@@ -25,18 +30,10 @@ class PresencePenaltyConfig(SamplerConfig):
 
 
 def generated_mask(logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
-    """Whether each token was generated in each row: [B, V] bool.
-
-    The generated tokens of row ``b`` are ``token_ids[b, prompt_lengths[b]:]`` (with left
-    padding, ``prompt_lengths`` counts the padding too) where ``ctx.valid`` is not False."""
-    ids = ctx.token_ids.to(logits.device)  # [B, T]
+    """Whether each token was generated in each row: [B, V] bool (see
+    :func:`~plugformer.core.sampler.generated_slots`)."""
     batch, vocab = logits.shape
-    positions = torch.arange(ids.shape[-1], device=ids.device)  # [T]
-    generated = positions >= ctx.prompt_lengths.to(ids.device).long()[:, None]  # [B, T]
-    if ctx.valid is not None:
-        generated &= ctx.valid.to(ids.device)
-    # prompt positions (and ids past the vocabulary) land in a spare column, dropped after
-    target = torch.where(generated, ids.clamp(max=vocab), vocab)  # [B, T]
+    target = generated_slots(logits, ctx)  # [B, T]
     mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device)
     return mask.scatter_(-1, target, True)[:, :vocab]
 
@@ -50,12 +47,7 @@ class PresencePenalty:
         self.penalty = penalty
 
     def check(self) -> list[str]:
-        p = self.penalty
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
-            return [f"presence_penalty must be a finite number in [-2, 2] (0 disables), got {p!r}"]
-        if not -2 <= p <= 2:
-            return [f"presence_penalty must be in [-2, 2] (0 disables), got {p!r}"]
-        return []
+        return signed_penalty_problems("presence_penalty", self.penalty)
 
     def __call__(self, logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
         # logits: [B, V]; a bool mask times a float is 0.0 or the penalty, exactly as in vLLM

@@ -36,6 +36,18 @@ def expect_shape(t: torch.Tensor, *dims: int | None) -> torch.Tensor:
     return t
 
 
+class FamilyBase:
+    """What most family plugins share: they keep their config and never refuse by themselves
+    (their checkpoint's config is checked in ``spec_from_hf``). Subclass it and add
+    ``architectures``, ``model_types``, ``spec_from_hf``, ``tensor_name`` and ``tp_plan``."""
+
+    def __init__(self, config: FamilyConfig) -> None:
+        self.config = config
+
+    def check(self) -> list[str]:
+        return []
+
+
 @dataclass
 class FamilyConfig:
     """Base config of every model family; ``name`` is its registry name (e.g. ``llama``)."""

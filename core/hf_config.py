@@ -209,6 +209,17 @@ def llama_layer(hf_name: str) -> tuple[int, str, str] | None:
     return int(m.group(1)), part, leaf
 
 
+def transformer_layer(hf_name: str) -> tuple[int, str, str] | None:
+    """``(layer, module path, leaf)`` of a ``[transformer.]h.<n>.<path>.<leaf>`` tensor name
+    (GPT-2, BLOOM, Falcon), or None."""
+    name = hf_name.removeprefix("transformer.")
+    if not name.startswith("h."):
+        return None
+    layer, _, rest = name[2:].partition(".")
+    part, _, leaf = rest.rpartition(".")
+    return (int(layer), part, leaf) if layer.isdigit() else None
+
+
 def llama_tensor_name(hf_name: str, parts: dict[str, str] = LLAMA_LAYER_PARTS) -> str | None:
     """Our name for a Llama-style HF tensor name (the name itself when it is not one, so the
     loader reports it as unexpected; None for rotary caches, which are recomputed)."""

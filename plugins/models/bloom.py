@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig, TensorPart
-from plugformer.core.hf_config import decoder_tp_plan, hf_value, refuse
+from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.hf_config import decoder_tp_plan, hf_value, refuse, transformer_layer
 from plugformer.core.model.spec import ModelSpec
 
 _PARTS = {
@@ -41,26 +41,11 @@ class BloomConfig(FamilyConfig):
     name: str = "bloom"
 
 
-def _layer(hf_name: str) -> tuple[int, str, str] | None:
-    name = hf_name.removeprefix("transformer.")
-    if not name.startswith("h."):
-        return None
-    layer, _, rest = name[2:].partition(".")
-    part, _, leaf = rest.rpartition(".")
-    return (int(layer), part, leaf) if layer.isdigit() else None
-
-
-class Bloom:
+class Bloom(FamilyBase):
     """The BLOOM family."""
 
     architectures = ("BloomForCausalLM",)
     model_types = ("bloom",)
-
-    def __init__(self, config: BloomConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -97,13 +82,13 @@ class Bloom:
         name = hf_name.removeprefix("transformer.")
         if name in _TOP:
             return _TOP[name]
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if found and found[1] in _PARTS:
             return f"layers.{found[0]}.{_PARTS[found[1]]}.{found[2]}"
         return hf_name
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if not found or found[1] != "self_attention.query_key_value":
             return None
         layer, _, leaf = found

@@ -19,8 +19,14 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig, TensorPart
-from plugformer.core.hf_config import decoder_tp_plan, hf_activation, hf_value, refuse
+from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.hf_config import (
+    decoder_tp_plan,
+    hf_activation,
+    hf_value,
+    refuse,
+    transformer_layer,
+)
 from plugformer.core.hf_config import rope_positional as rope
 from plugformer.core.model.spec import ModelSpec
 
@@ -51,26 +57,11 @@ def _get(c: dict[str, Any], key: str, alias: str, kind: type, default: Any = ...
     return hf_value(c, key if key in c else alias, kind, default)
 
 
-def _layer(hf_name: str) -> tuple[int, str, str] | None:
-    name = hf_name.removeprefix("transformer.")
-    if not name.startswith("h."):
-        return None
-    layer, _, rest = name[2:].partition(".")
-    part, _, leaf = rest.rpartition(".")
-    return (int(layer), part, leaf) if layer.isdigit() else None
-
-
-class Falcon:
+class Falcon(FamilyBase):
     """The Falcon family."""
 
     architectures = ("FalconForCausalLM",)
     model_types = ("falcon",)
-
-    def __init__(self, config: FalconConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -120,13 +111,13 @@ class Falcon:
     def tensor_name(self, hf_name: str) -> str | None:
         if hf_name.removeprefix("transformer.") in _TOP:
             return _TOP[hf_name.removeprefix("transformer.")]
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if found and found[1] in _PARTS:
             return f"layers.{found[0]}.{_PARTS[found[1]]}.{found[2]}"
         return hf_name
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if not found or found[1] != "self_attention.query_key_value":
             return None
         layer, _, leaf = found

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig
+from plugformer.core.family import FamilyBase, FamilyConfig
 from plugformer.core.hf_config import (
     HF_ACTIVATIONS,
     decoder_tp_plan,
@@ -30,17 +30,11 @@ class GemmaConfig(FamilyConfig):
     name: str = "gemma"
 
 
-class Gemma:
+class Gemma(FamilyBase):
     """The Gemma family."""
 
     architectures = ("GemmaForCausalLM",)
     model_types = ("gemma",)
-
-    def __init__(self, config: GemmaConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig, TensorPart, expect_shape
-from plugformer.core.hf_config import decoder_tp_plan, hf_activation, hf_value, refuse
+from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.hf_config import (
+    decoder_tp_plan,
+    hf_activation,
+    hf_value,
+    refuse,
+    transformer_layer,
+)
 from plugformer.core.model.spec import ModelSpec
 
 _NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
@@ -41,26 +47,11 @@ class GPT2Config(FamilyConfig):
     name: str = "gpt2"
 
 
-def _layer(hf_name: str) -> tuple[int, str, str] | None:
-    name = hf_name.removeprefix("transformer.")
-    if not name.startswith("h."):
-        return None
-    layer, _, rest = name[2:].partition(".")
-    part, _, leaf = rest.rpartition(".")
-    return (int(layer), part, leaf) if layer.isdigit() else None
-
-
-class GPT2:
+class GPT2(FamilyBase):
     """The GPT-2 family."""
 
     architectures = ("GPT2LMHeadModel",)
     model_types = ("gpt2",)
-
-    def __init__(self, config: GPT2Config) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -99,7 +90,7 @@ class GPT2:
         name = hf_name.removeprefix("transformer.")
         if name in _TOP:
             return _TOP[name]
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if found:
             layer, part, leaf = found
             if part == "attn" and leaf in ("bias", "masked_bias"):
@@ -111,7 +102,7 @@ class GPT2:
         return hf_name
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
-        found = _layer(hf_name)
+        found = transformer_layer(hf_name)
         if not found:
             return None
         layer, part, leaf = found

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig
+from plugformer.core.family import FamilyBase, FamilyConfig
 from plugformer.core.hf_config import decoder_tp_plan, hf_value, llama_like_spec, llama_tensor_name
 from plugformer.core.model.spec import ModelSpec
 
@@ -22,17 +22,11 @@ class LlamaConfig(FamilyConfig):
     name: str = "llama"
 
 
-class Llama:
+class Llama(FamilyBase):
     """The Llama family."""
 
     architectures = ("LlamaForCausalLM",)
     model_types = ("llama",)
-
-    def __init__(self, config: LlamaConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config

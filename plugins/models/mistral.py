@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig
+from plugformer.core.family import FamilyBase, FamilyConfig
 from plugformer.core.hf_config import (
     decoder_tp_plan,
     llama_like_spec,
@@ -26,17 +26,11 @@ class MistralConfig(FamilyConfig):
     name: str = "mistral"
 
 
-class Mistral:
+class Mistral(FamilyBase):
     """The Mistral family."""
 
     architectures = ("MistralForCausalLM",)
     model_types = ("mistral",)
-
-    def __init__(self, config: MistralConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         return llama_like_spec(hf_config, sliding_window=sliding_window(hf_config))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig, TensorPart, expect_shape
+from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
 from plugformer.core.hf_config import (
     decoder_tp_plan,
     hf_value,
@@ -31,17 +31,11 @@ class MixtralConfig(FamilyConfig):
     name: str = "mixtral"
 
 
-class Mixtral:
+class Mixtral(FamilyBase):
     """The Mixtral family."""
 
     architectures = ("MixtralForCausalLM",)
     model_types = ("mixtral",)
-
-    def __init__(self, config: MixtralConfig) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config

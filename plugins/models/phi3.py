@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig, TensorPart, expect_shape
+from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
 from plugformer.core.hf_config import (
     decoder_tp_plan,
     llama_layer,
@@ -29,17 +29,11 @@ class Phi3Config(FamilyConfig):
     name: str = "phi3"
 
 
-class Phi3:
+class Phi3(FamilyBase):
     """The Phi-3 family."""
 
     architectures = ("Phi3ForCausalLM",)
     model_types = ("phi3",)
-
-    def __init__(self, config: Phi3Config) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         return llama_like_spec(hf_config, sliding_window=sliding_window(hf_config))

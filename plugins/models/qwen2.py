@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyConfig
+from plugformer.core.family import FamilyBase, FamilyConfig
 from plugformer.core.hf_config import (
     decoder_tp_plan,
     hf_value,
@@ -50,17 +50,11 @@ def _window(c: dict[str, Any]) -> int | None:
     return hf_value(c, "sliding_window", int)
 
 
-class Qwen2:
+class Qwen2(FamilyBase):
     """The Qwen2 family."""
 
     architectures = ("Qwen2ForCausalLM",)
     model_types = ("qwen2",)
-
-    def __init__(self, config: Qwen2Config) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        return []
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         return llama_like_spec(

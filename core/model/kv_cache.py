@@ -89,7 +89,10 @@ class CacheRows:
 
     def __init__(self, parent: KVCache, start: int, stop: int, slots: torch.Tensor) -> None:
         self.parent, self.start, self.stop, self.slots = parent, start, stop, slots
-        self.dtype = parent.dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parent.dtype
 
     @property
     def slot_pos(self) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from plugformer.core import hookimpl
+from plugformer.core.distributed import launch_env
 from plugformer.core.model.spec import ModelSpec
 from plugformer.core.parallel import ParallelConfig
 
@@ -27,11 +27,11 @@ class Single:
         self.config = config
 
     def check(self) -> list[str]:
-        world = os.environ.get("WORLD_SIZE", "1")
-        if world.isdigit() and int(world) > 1:
+        env = launch_env()
+        if env is not None and env.world_size > 1:
             return [
-                f"launched with WORLD_SIZE={world} but parallel=single runs one process; "
-                "choose a parallel strategy such as parallel=tensor"
+                f"launched with WORLD_SIZE={env.world_size} but parallel=single runs one "
+                "process; choose a parallel strategy such as parallel=tensor"
             ]
         return []
 

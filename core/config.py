@@ -98,6 +98,11 @@ class Config:
     # join q/k/v and gate/up into one layer each after loading (decode speed; see
     # core/model/fuse.py: weights changed later through the old module names have no effect)
     fuse_projections: bool = False
+    # the kernel of quantized linear layers (core/qkernels.py): auto | native | dequant |
+    # reference | torch_int4 | torch_int8 | triton. auto: native on the CPU for bf16/fp16,
+    # the exact dequantized matmul for float32 (GGUF blocks then load dense); native runs any
+    # dtype with int8 activations, float32 included (GGUF blocks stay packed)
+    linear_kernel: str = "auto"
 
 
 def sync_config_store(registry: Registry) -> None:

@@ -25,6 +25,7 @@ from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.fuse import fuse_projections
 from plugformer.core.positional import PositionalDims
 from plugformer.core.qcheckpoint import prepare_quantized
+from plugformer.core.qlinear import QuantLinear, linear_kernel_problems
 from plugformer.core.quantize import calibration_for
 from plugformer.core.sampling import SamplerChain, with_overrides
 from plugformer.core.tokenizer import ByteTokenizer, Tokenizer
@@ -65,6 +66,7 @@ class Engine:
             )
         self.dtype = dtype
         self.device = torch.device(config.device)
+        linear_kernel_problems(config.linear_kernel, self.device)
         checkpoint, family = self._open_checkpoint()
         spec = family.spec_from_hf(checkpoint.hf_config) if family and checkpoint else None
         if spec is None:
@@ -98,9 +100,13 @@ class Engine:
         if checkpoint is not None and family is not None:
             with on_meta():
                 model = Decoder(spec, kernel, positional, parts)
-            # float32 on the CPU has no kernel faster than a dense float32 matmul
-            # (core/qlinear.py): GGUF blocks load dense, the same values without a packed copy
-            dense = dtype == torch.float32 and self.device.type == "cpu"
+            # float32 on the CPU computes the exact dequantized matmul unless a kernel is
+            # named (core/qlinear.py): GGUF blocks load dense, the same values without a copy
+            dense = (
+                dtype == torch.float32
+                and self.device.type == "cpu"
+                and config.linear_kernel in ("auto", "dequant")
+            )
             weights = prepare_quantized(model, checkpoint, family, self.quantizer, dense)
             load_weights(model, weights, family, dtype)
             model = model.to(self.device)
@@ -120,6 +126,10 @@ class Engine:
         self.model = self.parallel.parallelize(model, plan)
         if config.fuse_projections:
             fuse_projections(self.model)
+        if config.linear_kernel != "auto":
+            for module in self.model.modules():
+                if isinstance(module, QuantLinear):
+                    module.set_backend(config.linear_kernel)
         if self.parallel.world_size > 1 or config.fuse_projections:
             release_free_memory()  # cut-away shards, layers and unfused copies go back
         self.family = family

@@ -1,6 +1,9 @@
 """The forward kernels of :class:`~plugformer.core.qlinear.QuantLinear`, chosen per input
 device and dtype (see :mod:`plugformer.core.qlinear` for the measurements behind the choice).
 
+* ``native``: plugformer's own CPU kernel (:mod:`plugformer.core.native`, AVX-512 VNNI):
+  4- or 8-bit weights in groups of a multiple of 32, activations quantized per 32 features to
+  int8 (llama.cpp's scheme), the offset term exact; preferred on the CPU for bf16/fp16;
 * ``torch_int4``: ``torch._weight_int4pack_mm_for_cpu`` (bf16/fp16 activations, 4 bits, group
   sizes 32-256, act-order through an input permutation); it computes ``(q - 8) * s + z``;
 * ``torch_int8``: ``torch._weight_int8pack_mm`` (bf16/fp16, 8 bits per channel) plus a rank-1
@@ -12,12 +15,15 @@ device and dtype (see :mod:`plugformer.core.qlinear` for the measurements behind
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from plugformer.core import native
 
 if TYPE_CHECKING:
     from plugformer.core.qlinear import QuantLinear
@@ -30,9 +36,12 @@ class Kernel:
     """A layer's forward function and the tensors it keeps alive besides the layer's buffers
     (its own copy of the weight in the op's layout), so that memory can be accounted for."""
 
-    def __init__(self, fn: Forward, held: tuple[torch.Tensor | None, ...] = ()) -> None:
+    def __init__(
+        self, fn: Forward, held: tuple[torch.Tensor | None, ...] = (), keep: object = None
+    ) -> None:
         self.fn = fn
         self.held = tuple(t for t in held if t is not None)
+        self.keep = keep  # anything else ``fn`` needs alive (a C struct pointing into ``held``)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -135,6 +144,105 @@ def _int8_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
     return _with_bias(mm, m, dtype, (w8, scale, correction))
 
 
+NATIVE_BITS = (4, 8)
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def native_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+    """How the native kernel can run this layer: (input permutation, group size), or None
+    (it needs 4 or 8 bits, ``in_features % 32 == 0`` and equal groups of a multiple of 32)."""
+    if m.bits not in NATIVE_BITS or m.in_features % 32:
+        return None
+    layout = _contiguous_groups(m)
+    if layout is None or layout[1] % 32:
+        return None
+    return layout
+
+
+def _unsigned_rows(m: QuantLinear) -> torch.Tensor:
+    """The integer weights as uint8 [out, in]."""
+    if m.bits == 8:
+        return torch.bitwise_xor(int8_weights(m).view(torch.uint8), 0x80)  # q, not q - 128
+    return m.int_weight().t().to(torch.uint8)  # the [in, out] int32 temporary is freed here
+
+
+def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
+    """``m``'s weights in the native kernel's layout (core/cpu_qmatmul.c): tiles of 16 output
+    rows holding 4 input features per row and int32 lane, scales and offsets per tile."""
+    plan = native_plan(m)
+    assert plan is not None
+    perm, gs = plan
+    n, k = m.out_features, m.in_features
+    tiles = -(-n // 16)
+    q = _unsigned_rows(m)  # [n, k]
+    if perm is not None:
+        q = q[:, perm]
+    if tiles * 16 != n:
+        q = F.pad(q, (0, 0, 0, tiles * 16 - n))
+    if m.bits == 8:  # [T, K/4, 16, 4]
+        w = q.view(tiles, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous()
+    else:  # [T, K/8, 16, 4]: low nibbles features 8p..8p+3, high nibbles 8p+4..8p+7
+        v = q.view(tiles, 16, k // 8, 2, 4).permute(0, 2, 1, 4, 3)
+        w = torch.bitwise_or(v[..., 0], torch.bitwise_left_shift(v[..., 1], 4)).contiguous()
+    del q
+    s, o = m.scales_offsets()  # [groups, n] float32
+    s16 = s.to(torch.float16)
+    if not torch.equal(s16.float(), s):
+        raise ValueError(f"scales of {m.extra_repr()} are not float16 values")
+    o16 = o.to(torch.float16)
+    offsets = o16 if torch.equal(o16.float(), o) else o  # exact either way
+
+    def per_tile(t: torch.Tensor) -> torch.Tensor:  # [groups, n] -> [T, groups, 16]
+        t = F.pad(t, (0, tiles * 16 - n))
+        return t.t().reshape(tiles, 16, -1).permute(0, 2, 1).contiguous()
+
+    bias = None if m.bias is None else m.bias.float().contiguous()
+    return {
+        "w": w,
+        "s": per_tile(s16),
+        "o": per_tile(offsets),
+        "bias": bias,
+        "perm": None if perm is None else perm.to(torch.int64).contiguous(),
+        "group": torch.tensor(k if m.groups == 1 else gs),
+    }
+
+
+def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -> Kernel:
+    lib = native.load(portable)
+    arrays = native_arrays(m)
+    w, s, o, bias, perm = (arrays[name] for name in ("w", "s", "o", "bias", "perm"))
+    assert w is not None and s is not None and o is not None
+    layer = native.Layer(
+        w=w.data_ptr(),
+        s=s.data_ptr(),
+        o=o.data_ptr(),
+        bias=None if bias is None else bias.data_ptr(),
+        perm=None if perm is None else perm.data_ptr(),
+        n=m.out_features,
+        k=m.in_features,
+        group=int(arrays["group"]),  # type: ignore[arg-type]
+        bits=m.bits,
+        o_f32=int(o.dtype == torch.float32),
+    )
+    ref = ctypes.byref(layer)
+    code = _DTYPE_CODES[dtype]
+    call, n, k, threads = lib.pf_qlinear, m.out_features, m.in_features, torch.get_num_threads
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # x: [..., in] -> [..., out]; the per-token path: no reshapes, one allocation
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        rows = x.numel() // k
+        y = torch.empty((*x.shape[:-1], n), dtype=dtype)
+        if rows and call(ref, x.data_ptr(), code, rows, y.data_ptr(), code, threads()):
+            raise MemoryError(f"native kernel: no scratch memory for {rows} rows of {k}")
+        return y
+
+    return Kernel(run, (w, s, o, bias, perm), keep=layer)
+
+
 def make_kernel(
     m: QuantLinear, device: torch.device, dtype: torch.dtype, backend: str
 ) -> tuple[str, Kernel]:
@@ -143,12 +251,22 @@ def make_kernel(
     if backend == "auto":
         if device.type == "cuda" and m.bits in (2, 4, 8) and _triton_ok():
             backend = "triton"
+        elif fast_cpu and native_plan(m) is not None and native.available():
+            backend = "native"
         elif fast_cpu and int4_plan(m) is not None:
             backend = "torch_int4"
         elif fast_cpu and int8_ok(m):
             backend = "torch_int8"
         else:
             backend = "dequant"
+    if backend in ("native", "native_portable"):
+        if device.type != "cpu" or dtype not in _DTYPE_CODES or native_plan(m) is None:
+            raise ValueError(f"{backend} cannot run {m.extra_repr()} on {device} {dtype}")
+        portable = backend == "native_portable"
+        reason = None if portable else native.unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"the native kernel cannot run here: {reason}")
+        return backend, _native_kernel(m, dtype, portable)
     if backend == "torch_int4":
         if not fast_cpu or int4_plan(m) is None:
             raise ValueError(f"torch_int4 cannot run {m.extra_repr()} on {device} {dtype}")

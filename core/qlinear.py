@@ -40,18 +40,36 @@ more, being bound by memory bandwidth):
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from plugformer.core import native
+from plugformer.core.errors import ConfigError
 from plugformer.core.memory import release_free_memory
 from plugformer.core.qkernels import Kernel, make_kernel
 from plugformer.core.qpack import SUPPORTED_BITS, gptq_v1_zero_points, pack, run_length, unpack
 
-BACKENDS = ("auto", "dequant", "reference", "torch_int4", "torch_int8", "triton")
+BACKENDS = (
+    "auto", "dequant", "reference", "native", "native_portable", "torch_int4", "torch_int8",
+    "triton",
+)  # fmt: skip
 ZERO_FORMATS = ("gptq", "gptq_v2", "float")
+
+
+def linear_kernel_problems(name: str, device: torch.device) -> None:
+    """Raise :class:`ConfigError` when ``linear_kernel=name`` cannot run on ``device``."""
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"linear_kernel: {name!r} is not one of {', '.join(BACKENDS)}{hint}")
+    if name == "native":
+        reason = native.unavailable_reason() if device.type == "cpu" else f"on {device}"
+        if reason is not None:
+            raise ConfigError(f"linear_kernel=native cannot run: {reason}")
 
 
 def layout_problems(in_features: int, out_features: int, bits: int, group_size: int) -> list[str]:

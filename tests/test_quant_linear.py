@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from plugformer.core import native
 from plugformer.core.qkernels import int4_plan
 from plugformer.core.qlinear import QuantLinear, layout_problems
 from plugformer.core.qmath import rtn
@@ -102,8 +103,7 @@ def test_packed_cpu_kernels_equal_the_reference(bits, group_size, act_order, zer
     kernel = (
         "torch_int4" if int4_plan(m) else "torch_int8" if bits == 8 and group_size == -1 else None
     )
-    if kernel:
-        m.set_backend(kernel)
+    m.set_backend(kernel or "dequant")  # the native kernel has its own tests (test_native.py)
     out = m(x)
     assert out.dtype == dtype
     # the int4/int8 ops take scales and activations in bf16/fp16 and round their output to it:
@@ -117,9 +117,10 @@ def test_auto_picks_the_packed_kernels_and_float32_stays_exact():
     m8, *_ = _random_qlinear(8, -1)
     m3, *_ = _random_qlinear(3, 32)
     cpu = torch.device("cpu")
-    assert m4.kernel_for(cpu, torch.bfloat16)[0] == "torch_int4"
-    assert m4.kernel_for(cpu, torch.float16)[0] == "torch_int4"
-    assert m8.kernel_for(cpu, torch.bfloat16)[0] == "torch_int8"
+    fast4, fast8 = ("native", "native") if native.available() else ("torch_int4", "torch_int8")
+    assert m4.kernel_for(cpu, torch.bfloat16)[0] == fast4
+    assert m4.kernel_for(cpu, torch.float16)[0] == fast4
+    assert m8.kernel_for(cpu, torch.bfloat16)[0] == fast8
     assert m3.kernel_for(cpu, torch.bfloat16)[0] == "dequant"
     assert m4.kernel_for(cpu, torch.float32)[0] == "dequant"  # exact: F.linear on float32
 

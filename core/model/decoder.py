@@ -93,8 +93,12 @@ class SelfAttention(nn.Module):
         bias = ctx.bias  # [B, 1|H, S, T], in the dtype of k (the cache's)
         if self.head_range is not None and bias.shape[1] > 1:
             bias = bias[:, self.head_range[0] : self.head_range[1]]
-        out = self.kernel(q.to(k.dtype), k, v, bias)  # [B, Hq, S, D]
-        return self.wo(out.to(x.dtype).transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
+        if q.dtype != k.dtype:
+            q = q.to(k.dtype)
+        out = self.kernel(q, k, v, bias)  # [B, Hq, S, D]
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, hidden]
 
 
 class Block(nn.Module):

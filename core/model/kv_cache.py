@@ -73,8 +73,8 @@ class KVCache:
         """Write k, v [B, Hkv, S, D] into ``slots`` [S]; return the layer's full buffers
         [B, Hkv, T, D] (in the cache's dtype)."""
         kb, vb = self.buffers(layer, k)
-        kb.index_copy_(2, slots, k.to(kb.dtype))
-        vb.index_copy_(2, slots, v.to(vb.dtype))
+        kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
+        vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
         return kb, vb
 
     def rows(self, start: int, stop: int, slots: torch.Tensor) -> CacheRows:
@@ -106,6 +106,6 @@ class CacheRows:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         kb, vb = self.parent.buffers(layer, k)
         kb, vb = kb[self.start : self.stop], vb[self.start : self.stop]  # views: [b, Hkv, T, D]
-        kb.index_copy_(2, slots, k.to(kb.dtype))
-        vb.index_copy_(2, slots, v.to(vb.dtype))
+        kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
+        vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
         return kb, vb

@@ -79,25 +79,32 @@ class Rotary(nn.Module):
         return self.check_rotary() or self.extra_reasons()
 
     def prepare(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [B, S] -> cos, sin: [B, 1, S, rd/2] in float32
+        # positions: [B, S] -> cos, sin: [B, 1, S, rd/2] in float32 (interleaved); for halves
+        # [B, 1, S, rd]: (cos, cos) and (-sin, sin), so that one roll of the features does the
+        # rotation (x1 * cos + x2 * -sin is exactly x1 * cos - x2 * sin)
         inv_freq = self.inv_freq_for(positions).to(positions.device)
         angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [B, S, rd/2]
         cos, sin = angles.cos(), angles.sin()
         if self.attention_factor != 1.0:
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        if not self.config.interleaved:
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
         return cos.unsqueeze(1), sin.unsqueeze(1)
 
     def _rotate_one(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x: [B, H, S, D]
         rd = self.rotary_dim
-        rot, rest = x[..., :rd].float(), x[..., rd:]
+        rot = x if rd == x.shape[-1] else x[..., :rd]
+        if rot.dtype != torch.float32:
+            rot = rot.float()
         if self.config.interleaved:
             x1, x2 = rot[..., 0::2], rot[..., 1::2]  # [B, H, S, rd/2]
             out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        else:
-            x1, x2 = rot[..., : rd // 2], rot[..., rd // 2 :]
-            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return torch.cat((out.to(x.dtype), rest), dim=-1) if rest.shape[-1] else out.to(x.dtype)
+        else:  # (x1, x2) -> (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+            out = rot * cos + rot.roll(rd // 2, dims=-1) * sin
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return torch.cat((out, x[..., rd:]), dim=-1) if rd < x.shape[-1] else out
 
     def rotate(
         self, q: torch.Tensor, k: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]

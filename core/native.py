@@ -1,0 +1,166 @@
+"""plugformer's native CPU kernel (``core/cpu_qmatmul.c``): compiled on first use, cached.
+
+The C source ships in the package. The first process that needs it compiles it with the
+system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) for this machine's CPU
+(``-O3 -march=native -fopenmp``, about a second) into
+``$PLUGFORMER_CACHE/kernels/<hash>/`` (the hash covers the source, the compiler's version and
+the CPU's flags), written to a temporary name and renamed, so concurrent processes (torchrun
+ranks) never load a partial file. Later processes load the cached library.
+
+The library uses OpenMP from ``libgomp.so.1``: on Linux torch has already loaded its own
+``libgomp.so.1``, which the dynamic linker reuses, so the kernel shares torch's thread pool
+instead of starting a second one. Each call passes ``torch.get_num_threads()``.
+
+``PLUGFORMER_NATIVE=0`` switches it off (``available()`` then says why). Without a compiler,
+or on a CPU without AVX-512 VNNI, :func:`available` gives the reason and the quantized layers
+keep torch's kernels (``core/qkernels.py``); :func:`load` with ``portable=True`` builds the
+same arithmetic as plain C (any CPU: the tests compare both builds).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from plugformer.core.errors import PlugformerError
+from plugformer.core.fetch import cache_dir
+
+SOURCE = "cpu_qmatmul.c"
+ENV_SWITCH = "PLUGFORMER_NATIVE"
+ABI = 2  # pf_abi() of the source this module drives
+
+
+class NativeKernelError(PlugformerError, RuntimeError):
+    """The native kernel could not be compiled or loaded (the message says why)."""
+
+
+class Layer(ctypes.Structure):
+    """``pf_layer`` of the C source: one quantized linear layer's packed arrays."""
+
+    _fields_ = (
+        ("w", ctypes.c_void_p),
+        ("s", ctypes.c_void_p),
+        ("o", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("perm", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("group", ctypes.c_int64),
+        ("bits", ctypes.c_int32),
+        ("o_f32", ctypes.c_int32),
+    )
+
+
+def _compiler() -> str | None:
+    env = os.environ.get("CC")
+    if env:
+        return shutil.which(env) or (env if Path(env).is_file() else None)
+    return next((p for c in ("cc", "gcc", "clang") if (p := shutil.which(c))), None)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _version(cc: str) -> str:
+    try:
+        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NativeKernelError(f"the C compiler {cc} does not run: {exc}") from None
+    return run.stdout
+
+
+def _build(portable: bool) -> Path:
+    """The compiled library's path (compiled now if not cached)."""
+    source = (resources.files("plugformer.core") / SOURCE).read_bytes()
+    cc = _compiler()
+    if cc is None:
+        raise NativeKernelError("no C compiler found (set CC, or install gcc)")
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+    if portable:
+        flags.append("-DPF_PORTABLE")
+    key = hashlib.sha256(
+        b"\0".join([source, _version(cc).encode(), _cpu_flags().encode(), " ".join(flags).encode()])
+    ).hexdigest()[:16]
+    folder = cache_dir() / "kernels" / key
+    target = folder / ("qmatmul_portable.so" if portable else "qmatmul.so")
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src = Path(tmp) / SOURCE
+        src.write_bytes(source)
+        out = Path(tmp) / target.name
+        try:
+            run = subprocess.run(
+                [cc, *flags, str(src), "-o", str(out), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise NativeKernelError(f"compiling {SOURCE} with {cc} failed: {exc}") from None
+        if run.returncode != 0:
+            first = (run.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise NativeKernelError(f"compiling {SOURCE} with {cc} failed: {first}")
+        os.replace(out, target)
+    return target
+
+
+@cache
+def load(portable: bool = False) -> ctypes.CDLL:
+    """The kernel library (compiled on first use; ``portable``: without SIMD)."""
+    import torch  # noqa: F401  (its libgomp is loaded first, so the kernel shares it)
+
+    path = _build(portable)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise NativeKernelError(f"loading the native kernel {path} failed: {exc}") from None
+    if lib.pf_abi() != ABI:
+        raise NativeKernelError(f"{path} is built from another version of {SOURCE}")
+    lib.pf_qlinear.argtypes = [
+        ctypes.POINTER(Layer),
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.pf_qlinear.restype = ctypes.c_int
+    return lib
+
+
+@cache
+def unavailable_reason() -> str | None:
+    """Why the fast native kernel cannot run here (None when it can); the first call
+    compiles it."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return f"switched off by {ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+    if platform.system() != "Linux":
+        return f"only built on Linux (this is {platform.system()})"
+    try:
+        lib = load()
+    except NativeKernelError as exc:
+        return str(exc)
+    if not lib.pf_simd():
+        return "this CPU or compiler has no AVX-512 VNNI (the portable build is slower than torch)"
+    return None
+
+
+def available() -> bool:
+    """Whether quantized layers can use the native kernel on this machine."""
+    return unavailable_reason() is None

@@ -58,6 +58,7 @@ def test_wheel_contents(wheel: Path):
     assert "plugformer/plugins/attention/gqa.py" in names
     assert "plugformer/conf/config.yaml" in names
     assert "plugformer/conf/model/tiny.yaml" in names
+    assert "plugformer/core/cpu_qmatmul.c" in names  # compiled on first use (core/native.py)
     assert not any(n.startswith(("plugformer/tests", "plugformer/examples")) for n in names)
 
 
@@ -89,14 +90,18 @@ def test_wheel_installs_into_a_fresh_venv(wheel: Path, tmp_path: Path):
         "print(cfg.attention.name)\n"
         "import importlib.util\n"
         "print(importlib.util.find_spec('core'), importlib.util.find_spec('plugins'))\n"
+        "from plugformer.core import native\n"  # the kernel compiles from the installed source
+        "print(native._build(portable=True).name)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PLUGFORMER_CACHE"] = str(tmp_path / "cache")
     out = subprocess.run(
         [str(py), "-c", script], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
     ).stdout.split("\n")
     assert out[0].startswith(str(site)), out
     assert out[1] == "mha"
     assert out[2] == "None None"
+    assert out[3] == "qmatmul_portable.so" and list((tmp_path / "cache" / "kernels").glob("*/*.so"))
     cli = subprocess.run(
         [str(venv / "bin" / "plugformer"), "config", "model.seed=7"],
         check=True,

@@ -27,10 +27,16 @@ CONFIGS = {
     "plugformer fp32": ["model.dtype=float32"],
     "plugformer bf16": ["model.dtype=bfloat16", "quant.dequantize=true"],
     "plugformer int8": ["model.dtype=bfloat16", "quant=rtn", "quant.bits=8"],
-    "plugformer Q4_1": ["model.dtype=bfloat16"],  # the GGUF's own int4 blocks, run quantized
-    "plugformer Q4_1 + int8 head": ["model.dtype=bfloat16", "quant.head_bits=8"],
-    "plugformer Q4_1 + int8 head + fused": [
+    # the GGUF's own int4 blocks, run quantized (bf16: the native kernel, chosen by auto)
+    "plugformer Q4_1 bf16": ["model.dtype=bfloat16"],
+    "plugformer Q4_1 bf16 + int8 head + fused": [
         "model.dtype=bfloat16",
+        "quant.head_bits=8",
+        "fuse_projections=true",
+    ],
+    "plugformer Q4_1 fp32 native + int8 head + fused": [
+        "model.dtype=float32",
+        "linear_kernel=native",
         "quant.head_bits=8",
         "fuse_projections=true",
     ],

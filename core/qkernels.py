@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from plugformer.core import native
+from plugformer.core.qpack import pack
 
 if TYPE_CHECKING:
     from plugformer.core.qlinear import QuantLinear
@@ -37,11 +38,18 @@ class Kernel:
     (its own copy of the weight in the op's layout), so that memory can be accounted for."""
 
     def __init__(
-        self, fn: Forward, held: tuple[torch.Tensor | None, ...] = (), keep: object = None
+        self,
+        fn: Forward,
+        held: tuple[torch.Tensor | None, ...] = (),
+        keep: object = None,
+        qweight: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.fn = fn
         self.held = tuple(t for t in held if t is not None)
         self.keep = keep  # anything else ``fn`` needs alive (a C struct pointing into ``held``)
+        # rebuilds the layer's ``qweight`` from ``held`` (None: the kernel cannot): with it the
+        # layer may drop its own copy (QuantLinear keeps one copy of the integer weights)
+        self.qweight = qweight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -207,6 +215,22 @@ def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
     }
 
 
+def native_qweight(
+    n: int, k: int, bits: int, w: torch.Tensor, perm: torch.Tensor | None
+) -> torch.Tensor:
+    """``qweight`` [k * bits / 32, n] rebuilt from the native layout ``w`` (the inverse of
+    :func:`native_arrays`), so that a layer can keep one copy of its integer weights."""
+    if bits == 8:  # [T, K/4, 16, 4] -> [T*16, K]
+        q = w.permute(0, 2, 1, 3).reshape(-1, k)
+    else:  # [T, K/8, 16, 4] nibbles -> [T, 16, K/8, 2, 4] -> [T*16, K]
+        halves = torch.stack((torch.bitwise_and(w, 15), torch.bitwise_right_shift(w, 4)), dim=-1)
+        q = halves.permute(0, 2, 1, 4, 3).reshape(-1, k)
+    q = q[:n]
+    if perm is not None:  # columns are in the permuted order: put them back
+        q = q[:, torch.argsort(perm)]
+    return pack(q.t(), bits, dim=0)
+
+
 def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -> Kernel:
     lib = native.load(portable)
     arrays = native_arrays(m)
@@ -240,7 +264,13 @@ def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -
             raise MemoryError(f"native kernel: no scratch memory for {rows} rows of {k}")
         return y
 
-    return Kernel(run, (w, s, o, bias, perm), keep=layer)
+    n_, k_, bits = m.out_features, m.in_features, m.bits  # no reference to m: no cycle
+    return Kernel(
+        run,
+        (w, s, o, bias, perm),
+        keep=layer,
+        qweight=lambda: native_qweight(n_, k_, bits, w, perm),
+    )
 
 
 def make_kernel(

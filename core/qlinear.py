@@ -143,6 +143,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._kernels: dict[tuple[torch.device, torch.dtype], Kernel] = {}
         self._kernel_names: dict[tuple[torch.device, torch.dtype], str] = {}
+        # weights copied into the buffers in place (load_state_dict): kernels are rebuilt
+        self.register_load_state_dict_post_hook(lambda module, _: module._reset_kernels())
 
     @property
     def groups(self) -> int:
@@ -238,15 +240,53 @@ class QuantLinear(nn.Module):
         self, device: torch.device, dtype: torch.dtype
     ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
         """(backend name, forward function) for inputs on ``device`` in ``dtype``; built on
-        first use from the buffers and kept until they change or move."""
+        first use from the buffers and kept until they change or move.
+
+        A kernel that can rebuild ``qweight`` from its own layout (the native one) becomes the
+        only copy of the integer weights: ``qweight`` leaves the buffers and comes back,
+        rebuilt bit for bit, when anything reads it (``layer.qweight``, ``state_dict``, a
+        move, a new backend). Set ``keep_one_copy = False`` to keep both."""
         key = (device, dtype)
         if key not in self._kernels:
             with torch.inference_mode(False), torch.no_grad():
                 name, fn = make_kernel(self, device, dtype, self.backend)
-            release_free_memory()  # unpacking's temporaries: the heap would keep them
             self._kernels[key] = fn
             self._kernel_names[key] = name
+            if fn.qweight is not None and self.keep_one_copy:
+                self._buffers.pop("qweight", None)
+                self.__dict__["_qweight_from"] = fn.qweight
+            release_free_memory()  # unpacking's temporaries: the heap would keep them
         return self._kernel_names[key], self._kernels[key]
+
+    keep_one_copy = True
+
+    def _materialize(self) -> None:
+        """Put ``qweight`` back into the buffers if a kernel holds the only copy."""
+        rebuild = self.__dict__.pop("_qweight_from", None)
+        if rebuild is not None:
+            with torch.inference_mode(False), torch.no_grad():
+                self._buffers["qweight"] = rebuild()
+
+    def _reset_kernels(self) -> None:
+        self._materialize()
+        self.__dict__["_kernels"], self.__dict__["_kernel_names"] = {}, {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "qweight" and "_qweight_from" in self.__dict__:
+            self._materialize()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        rebuild = self.__dict__.get("_qweight_from")
+        self._materialize()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if rebuild is not None:  # saved; the kernel keeps the only copy again
+            self._buffers.pop("qweight", None)
+            self.__dict__["_qweight_from"] = rebuild
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._materialize()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def kernel_tensors(self) -> list[torch.Tensor]:
         """The tensors the built kernels keep besides the buffers (their weight copies)."""
@@ -256,16 +296,17 @@ class QuantLinear(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self._kernels, self._kernel_names = {}, {}
+        self._reset_kernels()
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in (*self.keep_dtype, "bias") and "_kernels" in self.__dict__:
-            self.__dict__["_kernels"] = {}  # new weights: kernels are rebuilt on next use
-            self.__dict__["_kernel_names"] = {}
+            if name == "qweight" and self.__dict__.pop("_qweight_from", None) is not None:
+                self._buffers["qweight"] = value  # replaced: nothing to rebuild
+            self._reset_kernels()  # new weights: kernels are rebuilt on next use
         super().__setattr__(name, value)
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
-        self._kernels, self._kernel_names = {}, {}  # moved or cast: rebuilt from the buffers
+        self._reset_kernels()  # moved or cast: rebuilt from the buffers
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:

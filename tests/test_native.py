@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import plugformer
-from plugformer.core import native
+from plugformer.core import memory, native
 from plugformer.core.errors import ConfigError
 from plugformer.core.qkernels import native_plan
 from plugformer.core.qlinear import QuantLinear
@@ -239,3 +239,52 @@ def test_a_quantized_model_runs_on_the_native_kernel_in_float32():
     torch.testing.assert_close(got, want, rtol=0.03, atol=0.03 * want.abs().max().item())
     greedy = {"temperature": 0.0, "ignore_eos": True, "max_new_tokens": 8}
     assert len(fast.generate(ids[0].tolist(), **greedy).token_ids) == 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits,group_size,zero_format,act_order", CASES)
+def test_the_kernel_keeps_the_only_copy_of_the_integer_weights(backend, bits, group_size,
+                                                               zero_format, act_order):  # fmt: skip
+    m = _layer(bits, group_size, n=64, k=512, zero_format=zero_format, act_order=act_order)
+    m.set_backend(backend)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    buffers_before = memory.weight_bytes(m)[0]
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(4))
+    y = m(x)
+    assert "qweight" not in dict(m.named_buffers())
+    total, copies = memory.weight_bytes(m)
+    qweight_bytes = before["qweight"].numel() * 4
+    # the kernel's weights replace qweight (plus its scales and offsets, a fraction of them):
+    # no second copy of the integers
+    assert total == buffers_before - qweight_bytes + copies
+    (kernel,) = m._kernels.values()
+    integers = [t for t in kernel.held if t.dtype == torch.uint8]
+    assert [t.numel() for t in integers] == [qweight_bytes]  # one copy, as many bytes
+    after = m.state_dict()  # rebuilt bit for bit for saving; the kernel keeps the only copy
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert "qweight" not in dict(m.named_buffers())
+    assert torch.equal(m(x), y)
+    assert torch.equal(m.qweight, before["qweight"])  # read: back in the buffers
+    assert "qweight" in dict(m.named_buffers())
+    m(x)  # compact again
+    m.set_backend("dequant")  # a new kernel: the weights come back first
+    assert torch.equal(m.qweight, before["qweight"])
+    torch.testing.assert_close(m(x), F.linear(x, m.dequantize(), m.bias), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_weights_reach_a_compact_layer(backend):
+    m, other = _layer(4, 32, seed=0), _layer(4, 32, seed=1)
+    m.set_backend(backend)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(5))
+    m(x)  # compact
+    m.load_state_dict(other.state_dict())  # copied into the buffers in place
+    other.set_backend(backend)
+    assert torch.equal(m(x), other(x))
+    m(x)
+    m.qweight = _layer(4, 32, seed=2).qweight  # replaced
+    assert torch.equal(m.qweight, _layer(4, 32, seed=2).qweight)
+    assert "qweight" in dict(m.named_buffers())
+    m = m.to(torch.float64)  # a move or cast rebuilds from the buffers
+    assert torch.equal(m.qweight, _layer(4, 32, seed=2).qweight)

@@ -209,7 +209,7 @@ class Decoder(nn.Module):
         [B, S] (reserves the slots of the new tokens in ``cache``)."""
         if cache is not None:
             slots = cache.advance(positions, valid)
-            k_pos = cache.slot_pos  # [B, T]
+            k_pos = cache.filled_pos  # [B, T]: the slots filled so far
         else:
             slots = None
             k_pos = positions if valid is None else positions.masked_fill(~valid, -1)

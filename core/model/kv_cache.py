@@ -70,12 +70,17 @@ class KVCache:
     def update(
         self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, Hkv, S, D] into ``slots`` [S]; return the layer's full buffers
-        [B, Hkv, T, D] (in the cache's dtype)."""
+        """Write k, v [B, Hkv, S, D] into ``slots`` [S]; return the layer's filled slots
+        [B, Hkv, filled, D] (views, in the cache's dtype: attention skips the empty tail)."""
         kb, vb = self.buffers(layer, k)
         kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
         vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
-        return kb, vb
+        return kb[:, :, : self.filled], vb[:, :, : self.filled]
+
+    @property
+    def filled_pos(self) -> torch.Tensor:
+        """Positions of the filled slots [B, filled] (-1: padding)."""
+        return self.slot_pos[:, : self.filled]
 
     def rows(self, start: int, stop: int, slots: torch.Tensor) -> CacheRows:
         """A view of rows ``start:stop`` whose slots were already reserved (``slots``), for
@@ -98,6 +103,10 @@ class CacheRows:
     def slot_pos(self) -> torch.Tensor:
         return self.parent.slot_pos[self.start : self.stop]  # [b, T]
 
+    @property
+    def filled_pos(self) -> torch.Tensor:
+        return self.parent.slot_pos[self.start : self.stop, : self.parent.filled]  # [b, filled]
+
     def advance(self, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         return self.slots
 
@@ -108,4 +117,5 @@ class CacheRows:
         kb, vb = kb[self.start : self.stop], vb[self.start : self.stop]  # views: [b, Hkv, T, D]
         kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
         vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
-        return kb, vb
+        filled = self.parent.filled
+        return kb[:, :, :filled], vb[:, :, :filled]

@@ -9,6 +9,12 @@ a query at position i then sees only keys at positions j with ``i - j < window``
 window, Mistral). The decoder builds that into ``bias`` from positions, with the model's own
 ``spec.sliding_window`` (the smaller of the two wins), so it holds through the KV cache and the
 kernel itself needs no window code.
+
+A kernel may also declare ``softmax_attention = True`` (optional, read with ``getattr``): it
+computes exactly ``softmax(q k^T * scale + bias) v`` with ``scale = dims.scale`` and nothing
+else. The decoder may then run float32 CPU decode steps of rotary layers through its fused path
+(:mod:`plugformer.core.decode_attention`) instead of calling the kernel; a kernel that changes
+the arithmetic (soft-capping, another normalisation) must leave it unset.
 """
 
 from __future__ import annotations

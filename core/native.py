@@ -1,10 +1,12 @@
-"""plugformer's native CPU kernel (``core/cpu_qmatmul.c``): compiled on first use, cached.
+"""plugformer's native CPU library: compiled on first use, cached.
 
-The C source ships in the package. The first process that needs it compiles it with the
-system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) for this machine's CPU
-(``-O3 -march=native -fopenmp``, about a second) into
-``$PLUGFORMER_CACHE/kernels/<hash>/`` (the hash covers the source, the compiler's version and
-the CPU's flags), written to a temporary name and renamed, so concurrent processes (torchrun
+``core/cpu_qmatmul.c`` is the quantized matmul (:mod:`plugformer.core.qkernels`),
+``core/cpu_attention.c`` the fused decode step of rotary attention
+(:mod:`plugformer.core.decode_attention`). The C sources ship in the package. The first
+process that needs them compiles them with the system C compiler (``$CC``, else ``cc``,
+``gcc`` or ``clang``) for this machine's CPU (``-O3 -march=native -fopenmp``, about a second)
+into ``$PLUGFORMER_CACHE/kernels/<hash>/`` (the hash covers the sources, the compiler's
+version and the CPU's flags), written to a temporary name and renamed, so concurrent processes (torchrun
 ranks) never load a partial file. Later processes load the cached library.
 
 The library uses OpenMP from ``libgomp.so.1``: on Linux torch has already loaded its own
@@ -12,8 +14,8 @@ The library uses OpenMP from ``libgomp.so.1``: on Linux torch has already loaded
 instead of starting a second one. Each call passes ``torch.get_num_threads()``.
 
 ``PLUGFORMER_NATIVE=0`` switches it off (``available()`` then says why). Without a compiler,
-or on a CPU without AVX-512 VNNI, :func:`available` gives the reason and the quantized layers
-keep torch's kernels (``core/qkernels.py``); :func:`load` with ``portable=True`` builds the
+or on a CPU without AVX-512 VNNI, :func:`available` gives the reason, the quantized layers keep
+torch's kernels (``core/qkernels.py``) and attention its ordinary path; :func:`load` with ``portable=True`` builds the
 same arithmetic as plain C (any CPU: the tests compare both builds).
 """
 
@@ -33,7 +35,7 @@ from pathlib import Path
 from plugformer.core.errors import PlugformerError
 from plugformer.core.fetch import cache_dir
 
-SOURCE = "cpu_qmatmul.c"
+SOURCES = ("cpu_qmatmul.c", "cpu_attention.c")
 ENV_SWITCH = "PLUGFORMER_NATIVE"
 ABI = 2  # pf_abi() of the source this module drives
 
@@ -56,6 +58,20 @@ class Layer(ctypes.Structure):
         ("group", ctypes.c_int64),
         ("bits", ctypes.c_int32),
         ("o_f32", ctypes.c_int32),
+    )
+
+
+class Decode(ctypes.Structure):
+    """``pf_decode`` of ``core/cpu_attention.c``: one fused attention decode step."""
+
+    _fields_ = (
+        *((name, ctypes.c_void_p) for name in ("q", "k", "v")),
+        *((name, ctypes.c_int64) for name in ("q_sb", "k_sb", "v_sb")),
+        *((name, ctypes.c_void_p) for name in ("cos", "sin", "kc", "vc", "bias")),
+        ("bias_sb", ctypes.c_int64),
+        ("out", ctypes.c_void_p),
+        *((n, ctypes.c_int64) for n in ("b", "hq", "hkv", "d", "rd", "cap", "slot", "filled")),
+        ("scale", ctypes.c_float),
     )
 
 
@@ -84,15 +100,26 @@ def _version(cc: str) -> str:
 
 def _build(portable: bool) -> Path:
     """The compiled library's path (compiled now if not cached)."""
-    source = (resources.files("plugformer.core") / SOURCE).read_bytes()
+    package = resources.files("plugformer.core")
+    sources = {name: (package / name).read_bytes() for name in SOURCES}
     cc = _compiler()
     if cc is None:
         raise NativeKernelError("no C compiler found (set CC, or install gcc)")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+    # -ffp-contract=off: a * b + c rounds twice, as torch's elementwise ops (the rotary
+    # embedding is bit-equal to torch's); the matmul's explicit FMA intrinsics are unaffected
+    flags = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+    flags.append("-std=c11")
     if portable:
         flags.append("-DPF_PORTABLE")
     key = hashlib.sha256(
-        b"\0".join([source, _version(cc).encode(), _cpu_flags().encode(), " ".join(flags).encode()])
+        b"\0".join(
+            [
+                *sources.values(),
+                _version(cc).encode(),
+                _cpu_flags().encode(),
+                " ".join(flags).encode(),
+            ]
+        )
     ).hexdigest()[:16]
     folder = cache_dir() / "kernels" / key
     target = folder / ("qmatmul_portable.so" if portable else "qmatmul.so")
@@ -100,21 +127,23 @@ def _build(portable: bool) -> Path:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src = Path(tmp) / SOURCE
-        src.write_bytes(source)
+        paths = []
+        for name, text in sources.items():
+            paths.append(str(Path(tmp) / name))
+            Path(paths[-1]).write_bytes(text)
         out = Path(tmp) / target.name
         try:
             run = subprocess.run(
-                [cc, *flags, str(src), "-o", str(out), "-lm"],
+                [cc, *flags, *paths, "-o", str(out), "-lm"],
                 capture_output=True,
                 text=True,
                 timeout=300,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise NativeKernelError(f"compiling {SOURCE} with {cc} failed: {exc}") from None
+            raise NativeKernelError(f"compiling the native kernels with {cc}: {exc}") from None
         if run.returncode != 0:
             first = (run.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise NativeKernelError(f"compiling {SOURCE} with {cc} failed: {first}")
+            raise NativeKernelError(f"compiling the native kernels with {cc}: {first}")
         os.replace(out, target)
     return target
 
@@ -130,7 +159,7 @@ def load(portable: bool = False) -> ctypes.CDLL:
     except OSError as exc:
         raise NativeKernelError(f"loading the native kernel {path} failed: {exc}") from None
     if lib.pf_abi() != ABI:
-        raise NativeKernelError(f"{path} is built from another version of {SOURCE}")
+        raise NativeKernelError(f"{path} is built from another version of {SOURCES[0]}")
     lib.pf_qlinear.argtypes = [
         ctypes.POINTER(Layer),
         ctypes.c_void_p,
@@ -141,6 +170,8 @@ def load(portable: bool = False) -> ctypes.CDLL:
         ctypes.c_int,
     ]
     lib.pf_qlinear.restype = ctypes.c_int
+    lib.pf_decode_attention.argtypes = [ctypes.POINTER(Decode), ctypes.c_int]
+    lib.pf_decode_attention.restype = ctypes.c_int
     return lib
 
 

@@ -59,6 +59,7 @@ def test_wheel_contents(wheel: Path):
     assert "plugformer/conf/config.yaml" in names
     assert "plugformer/conf/model/tiny.yaml" in names
     assert "plugformer/core/cpu_qmatmul.c" in names  # compiled on first use (core/native.py)
+    assert "plugformer/core/cpu_attention.c" in names
     assert not any(n.startswith(("plugformer/tests", "plugformer/examples")) for n in names)
 
 

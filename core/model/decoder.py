@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from plugformer.core.attention import Attention
+from plugformer.core.decode_attention import DecodeAttention
+from plugformer.core.decode_attention import supported as decode_supported
 from plugformer.core.model.build import Parts, default_parts
 from plugformer.core.model.fuse import concat_linears
 from plugformer.core.model.kv_cache import CacheRows, KVCache
@@ -66,6 +68,7 @@ class SelfAttention(nn.Module):
         self.head_range: tuple[int, int] | None = None
         self.wqkv: nn.Module | None = None  # set by fuse_projections()
         self.qkv_sizes: tuple[int, int, int] = (0, 0, 0)
+        self._decode: DecodeAttention | bool | None = False  # False: not decided yet
 
     def fuse_projections(self) -> bool:
         """Replace wq, wk, wv by one layer (see :mod:`plugformer.core.model.fuse`)."""
@@ -78,12 +81,30 @@ class SelfAttention(nn.Module):
         del self.wq, self.wk, self.wv
         return True
 
+    def decode_step(self) -> DecodeAttention | None:
+        """The fused float32 CPU decode step for this layer, or None when it cannot apply
+        (:mod:`plugformer.core.decode_attention`); decided on first use."""
+        if self._decode is False:
+            scale = getattr(getattr(self.kernel, "dims", None), "scale", None)
+            ok = self.head_range is None and isinstance(scale, float)
+            self._decode = (
+                DecodeAttention(self.num_heads, self.num_kv_heads, self.head_dim, scale)
+                if ok and decode_supported(self.positional, self.kernel)
+                else None
+            )
+        return self._decode if isinstance(self._decode, DecodeAttention) else None
+
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, s, _ = x.shape  # x: [B, S, hidden]
         if self.wqkv is not None:
             q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        step = self.decode_step() if s == 1 and ctx.cache is not None else None
+        if step is not None:  # one C call from the projections to the output projection
+            out = step(q, k, v, ctx.rotary, ctx.cache, self.layer, ctx.bias)
+            if out is not None:
+                return self.wo(out if out.dtype == x.dtype else out.to(x.dtype))
         q = q.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
         k = k.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
         v = v.view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
@@ -185,6 +206,7 @@ class Decoder(nn.Module):
         for block in self.layers:
             assert isinstance(block, Block)
             block.attn.kernel = kernel
+            block.attn._decode = False  # decided again for the new kernel
 
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         assert self.embed is not None

@@ -61,8 +61,13 @@ class KVCache:
     def buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's key and value buffers [B, Hkv, T, D], allocated on first use with the
         heads and head size of ``like`` [b, Hkv, S, D]."""
+        return self.buffers_for(layer, like.shape[1], like.shape[3])
+
+    def buffers_for(self, layer: int, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's key and value buffers [B, heads, T, dim] (contiguous), allocated on
+        first use."""
         if layer not in self.k:
-            shape = (self.batch, like.shape[1], self.length, like.shape[3])
+            shape = (self.batch, heads, self.length, dim)
             self.k[layer] = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v[layer] = torch.zeros(shape, dtype=self.dtype, device=self.device)
         return self.k[layer], self.v[layer]

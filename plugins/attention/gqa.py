@@ -34,6 +34,8 @@ class GQA:
     def __init__(self, config: GQAConfig, dims: AttentionDims) -> None:
         self.config = config
         self.dims = dims
+        # exactly softmax(q k^T * scale + bias) v: the decoder may fuse decode steps
+        self.softmax_attention = True
         self.window = config.sliding_window  # applied by the decoder's mask
         self.groups = dims.num_heads // max(dims.num_kv_heads, 1)
 

@@ -32,6 +32,8 @@ class MHA:
     def __init__(self, config: MHAConfig, dims: AttentionDims) -> None:
         self.config = config
         self.dims = dims
+        # exactly softmax(q k^T * scale + bias) v: the decoder may fuse decode steps
+        self.softmax_attention = True
         self.window = config.sliding_window  # applied by the decoder's mask
 
     def check(self) -> list[str]:

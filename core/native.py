@@ -6,8 +6,8 @@
 process that needs them compiles them with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) for this machine's CPU (``-O3 -march=native -fopenmp``, about a second)
 into ``$PLUGFORMER_CACHE/kernels/<hash>/`` (the hash covers the sources, the compiler's
-version and the CPU's flags), written to a temporary name and renamed, so concurrent processes (torchrun
-ranks) never load a partial file. Later processes load the cached library.
+version and the CPU's flags), written to a temporary name and renamed, so concurrent
+processes (torchrun ranks) never load a partial file. Later processes load the cached library.
 
 The library uses OpenMP from ``libgomp.so.1``: on Linux torch has already loaded its own
 ``libgomp.so.1``, which the dynamic linker reuses, so the kernel shares torch's thread pool
@@ -15,8 +15,9 @@ instead of starting a second one. Each call passes ``torch.get_num_threads()``.
 
 ``PLUGFORMER_NATIVE=0`` switches it off (``available()`` then says why). Without a compiler,
 or on a CPU without AVX-512 VNNI, :func:`available` gives the reason, the quantized layers keep
-torch's kernels (``core/qkernels.py``) and attention its ordinary path; :func:`load` with ``portable=True`` builds the
-same arithmetic as plain C (any CPU: the tests compare both builds).
+torch's kernels (``core/qkernels.py``) and attention its ordinary path; :func:`load` with
+``portable=True`` builds the same matmul arithmetic as plain C (any CPU: the tests compare
+both builds).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ kernel itself needs no window code.
 A kernel may also declare ``softmax_attention = True`` (optional, read with ``getattr``): it
 computes exactly ``softmax(q k^T * scale + bias) v`` with ``scale = dims.scale`` and nothing
 else. The decoder may then run float32 CPU decode steps of rotary layers through its fused path
-(:mod:`plugformer.core.decode_attention`) instead of calling the kernel; a kernel that changes
+(:mod:`plugformer.core.decode_step`) instead of calling the kernel; a kernel that changes
 the arithmetic (soft-capping, another normalisation) must leave it unset.
 """
 

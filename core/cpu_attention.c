@@ -1,4 +1,4 @@
-/* plugformer's fused float32 decode step of rotary self-attention (core/decode_attention.py).
+/* plugformer's fused float32 decode step of rotary self-attention (core/decode_step.py).
  *
  * One new token per sequence: the raw q, k, v projections come in, then in one call
  *   1. k and v are rotated (k only) and written into the KV cache slot of the step,
@@ -128,4 +128,29 @@ int pf_decode_attention(const pf_decode *a, int nthreads) {
         free(scores);
     }
     return failed ? -1 : 0;
+}
+
+/* RMSNorm of `rows` rows of `dim` floats for decode steps: y = w * (x * (1 / sqrt(mean(x^2) +
+ * eps))), the sum of squares in 16 lanes (its order is not torch's: a few ulps apart). */
+void pf_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim;
+        float ss;
+#if PF_ATTN_SIMD
+        __m512 acc = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= dim; i += 16) {
+            const __m512 v = _mm512_loadu_ps(xr + i);
+            acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        ss = _mm512_reduce_add_ps(acc);
+        for (; i < dim; i++) ss += xr[i] * xr[i];
+#else
+        ss = 0.0f;
+        for (int64_t i = 0; i < dim; i++) ss += xr[i] * xr[i];
+#endif
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int64_t i = 0; i < dim; i++) yr[i] = w[i] * (xr[i] * inv);
+    }
 }

@@ -2,7 +2,7 @@
 
 ``core/cpu_qmatmul.c`` is the quantized matmul (:mod:`plugformer.core.qkernels`),
 ``core/cpu_attention.c`` the fused decode step of rotary attention
-(:mod:`plugformer.core.decode_attention`). The C sources ship in the package. The first
+(:mod:`plugformer.core.decode_step`). The C sources ship in the package. The first
 process that needs them compiles them with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) for this machine's CPU (``-O3 -march=native -fopenmp``, about a second)
 into ``$PLUGFORMER_CACHE/kernels/<hash>/`` (the hash covers the sources, the compiler's
@@ -173,6 +173,9 @@ def load(portable: bool = False) -> ctypes.CDLL:
     lib.pf_qlinear.restype = ctypes.c_int
     lib.pf_decode_attention.argtypes = [ctypes.POINTER(Decode), ctypes.c_int]
     lib.pf_decode_attention.restype = ctypes.c_int
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.pf_rmsnorm.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_float]
+    lib.pf_rmsnorm.restype = None
     return lib
 
 

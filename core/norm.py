@@ -3,6 +3,11 @@
 The model names its norm in its spec (``spec.norm`` and ``spec.norm_args``); the decoder builds
 one for each place that needs one (before attention, before the MLP, after the embedding, at
 the end). A norm owns its weights, loaded by name (``layers.0.attn_norm.weight``).
+
+A norm may declare ``plain_rms = True`` (optional, read with ``getattr``): its forward is
+exactly ``weight * (x * rsqrt(mean(x^2, -1) + eps))`` with attributes ``weight`` and ``eps``.
+The decoder may then normalise float32 CPU decode steps with its fused step
+(:mod:`plugformer.core.decode_step`) instead of calling it.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from plugformer.core.attention import Attention
-from plugformer.core.decode_attention import DecodeAttention
-from plugformer.core.decode_attention import supported as decode_supported
+from plugformer.core.decode_step import DecodeAttention
+from plugformer.core.decode_step import rms_norm as decode_rms_norm
+from plugformer.core.decode_step import supported as decode_supported
 from plugformer.core.model.build import Parts, default_parts
 from plugformer.core.model.fuse import concat_linears
 from plugformer.core.model.kv_cache import CacheRows, KVCache
@@ -83,7 +84,7 @@ class SelfAttention(nn.Module):
 
     def decode_step(self) -> DecodeAttention | None:
         """The fused float32 CPU decode step for this layer, or None when it cannot apply
-        (:mod:`plugformer.core.decode_attention`); decided on first use."""
+        (:mod:`plugformer.core.decode_step`); decided on first use."""
         if self._decode is False:
             scale = getattr(getattr(self.kernel, "dims", None), "scale", None)
             ok = self.head_range is None and isinstance(scale, float)
@@ -144,13 +145,22 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         # x: [B, S, hidden]
-        h = self.attn_norm(x)
+        h = _norm(self.attn_norm, x)
         if self.parallel:
-            m = self.mlp_norm(x) if self.mlp_norm is not None else h
+            m = _norm(self.mlp_norm, x) if self.mlp_norm is not None else h
             return x + (self.attn(h, ctx) + self.mlp(m))  # Falcon / GPT-J summation order
         x = x + self.attn(h, ctx)
         assert self.mlp_norm is not None
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(_norm(self.mlp_norm, x))
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; a decode step (one token) of a plain RMSNorm in one fused call."""
+    if x.shape[1] == 1:
+        fused = decode_rms_norm(norm, x)
+        if fused is not None:
+            return fused
+    return norm(x)
 
 
 class Decoder(nn.Module):
@@ -259,7 +269,7 @@ class Decoder(nn.Module):
         """Final norm and head: hidden states [B, S, hidden] -> logits [B, S, vocab] (each
         passed through when absent)."""
         if self.norm is not None:
-            h = self.norm(h)
+            h = _norm(self.norm, h)
         return self.head(h) if self.head is not None else h
 
     def forward(

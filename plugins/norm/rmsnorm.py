@@ -33,6 +33,7 @@ class RMSNorm(nn.Module):
         self.dims = dims
         self.eps = dims.eps
         self.unit_offset = config.unit_offset
+        self.plain_rms = not config.unit_offset  # the decoder may fuse decode steps
         self.weight = nn.Parameter(
             torch.zeros(dims.dim) if config.unit_offset else torch.ones(dims.dim)
         )

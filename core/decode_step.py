@@ -1,4 +1,4 @@
-"""The fused float32 CPU decode step of rotary self-attention (``core/cpu_attention.c``).
+"""Fused float32 CPU decode steps (``core/cpu_attention.c``): rotary self-attention and RMSNorm.
 
 A decode step of :class:`~plugformer.core.model.decoder.SelfAttention` pushes one token per
 sequence through about twenty small tensor ops between the q/k/v and output projections
@@ -88,3 +88,23 @@ class DecodeAttention:
         if self.call(self.ref, torch.get_num_threads()):
             raise MemoryError("decode attention: no scratch memory")
         return out
+
+
+def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """``norm(x)`` for one decode step [B, 1, dim] in one C call when ``norm`` declares
+    ``plain_rms`` (:mod:`plugformer.core.norm`), x is float32 on the CPU and contiguous, no
+    autograd is recording and the native library is available; None otherwise. The sum of
+    squares runs in its own order (a few float32 ulps from torch's)."""
+    if not getattr(norm, "plain_rms", False) or x.dtype != torch.float32:
+        return None
+    w = norm.weight
+    if w.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    if not (x.is_contiguous() and w.is_contiguous()) or not native.available():
+        return None
+    dim = x.shape[-1]
+    y = torch.empty_like(x)
+    native.load(False).pf_rmsnorm(
+        x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // dim, dim, norm.eps
+    )
+    return y

@@ -1,5 +1,6 @@
-"""The fused float32 CPU decode step of rotary attention (core/decode_attention.py): the same
-tokens and log-probabilities as the ordinary path, and it stays out where it does not apply."""
+"""The fused float32 CPU decode steps (core/decode_step.py: rotary attention, RMSNorm): the
+same tokens and log-probabilities as the ordinary path, and they stay out where they do not
+apply."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import plugformer
-from plugformer.core import native
+from plugformer.core import decode_step, native
 from plugformer.core.model.decoder import SelfAttention
 
 pytestmark = pytest.mark.skipif(
@@ -24,7 +25,22 @@ def _layers(engine):
 def _run(engine, fused: bool):
     for m in _layers(engine):
         m._decode = False if fused else None  # False: decided on use; None: never
+    for m in engine.model.modules():
+        if hasattr(m, "plain_rms"):
+            m.plain_rms = fused
     return engine.generate(PROMPTS, **GREEDY)
+
+
+def test_the_fused_norm_is_the_norm_up_to_float32_rounding():
+    engine = plugformer.Engine.from_overrides(["model=tiny"])
+    norm = engine.model.layers[0].attn_norm
+    x = torch.randn(3, 1, engine.spec.hidden_size) * 5
+    with torch.no_grad():
+        fused = decode_step.rms_norm(norm, x)
+        assert fused is not None
+        torch.testing.assert_close(fused, norm(x), rtol=1e-6, atol=1e-6)
+        norm.plain_rms = False
+        assert decode_step.rms_norm(norm, x) is None
 
 
 @pytest.mark.parametrize(

@@ -78,8 +78,9 @@ def gguf_path() -> str:
 
 def table(results: dict[str, dict]) -> str:
     cols = [
-        "load_s", "prefill_tok_s", "decode_tok_s", "decode_b8_tok_s", "weights_mb", "peak_rss_mb",
-        "peak_over_weights",
+        "load_s", "prefill_tok_s", "decode_tok_s", "decode_b8_tok_s", "weights_mb",
+        "one_seq_peak_rss_mb", "peak_rss_mb", "one_seq_peak_above_baseline_over_weights",
+        "peak_above_baseline_over_weights",
     ]  # fmt: skip
     hf = results.get("transformers fp32 eager", {})
     lc = results.get("llama.cpp Q4_1", {})

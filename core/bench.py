@@ -7,15 +7,18 @@ Memory fields (weights in MB of 10**6 bytes, resident sizes in MiB as Linux repo
 the ratios are taken in bytes):
 
 * ``weights_mb``: the weights as loaded, after the first forward: the distinct storages of the
-  model's parameters and buffers plus the copies quantized kernels keep (``kernel_copies_mb``
-  of it: the dequantized float32 weight of a Q4_1 layer in a float32 model, torch's int4/int8
-  packed layouts beside the GPTQ-layout buffers);
+  model's parameters and buffers plus what quantized kernels keep (``kernel_copies_mb`` of it:
+  the native kernel's layout, which replaces the GPTQ-layout ``qweight``; torch's int4/int8
+  packed layouts, which sit beside it);
 * ``baseline_rss_mb``: the resident size right before the first weight is read (interpreter,
   torch and what it imports, tokenizer, checkpoint metadata);
 * ``load_peak_rss_mb``: the high-water mark when the engine is built (before any forward);
-* ``peak_rss_mb``: the high-water mark of the whole run;
-* ``peak_over_weights`` and ``peak_above_baseline_over_weights``: ``peak / weights`` and
-  ``(peak - baseline) / weights``.
+* ``one_seq_peak_rss_mb``: the high-water mark up to the end of the one-sequence decode
+  (load, kernels built on the first forward, the 512-token prefill, 128 tokens of decode);
+* ``peak_rss_mb``: the high-water mark of the whole run (the batch of 8 adds its KV cache and
+  activations);
+* ``peak_over_weights``, ``one_seq_peak_above_baseline_over_weights`` and
+  ``peak_above_baseline_over_weights``: ``peak / weights`` and ``(peak - baseline) / weights``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
     first_s = time.perf_counter() - t
     result["decode_tok_s"] = round((new_tokens - 1) / max(decode_s - first_s, 1e-9), 1)
 
+    # the high-water mark of one sequence (load, prefill, decode), before the batch's KV cache
+    peak_one = memory.peak_rss_mb()
     prompts = [ids[0, i * 8 : i * 8 + 32].tolist() for i in range(batch)]
     engine.generate(prompts, max_new_tokens=4, **greedy)
     t = time.perf_counter()
@@ -102,7 +107,7 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
             chain.sample(logits, ctx, gen)
             samples.append(time.perf_counter() - t)
         result[name] = round(statistics.median(samples) * 1e3, 3)
-    result.update(memory.report(engine.model, baseline, load_peak))
+    result.update(memory.report(engine.model, baseline, load_peak, peak_one))
     result["rss_mb"] = round(memory.rss_mb(), 1)
     if engine.parallel.world_size > 1:  # every rank's memory, reported by rank 0
         import torch.distributed as dist

@@ -218,7 +218,9 @@ class Engine:
     def logits(self, token_ids: Any, last_only: bool = False) -> torch.Tensor:
         """Logits [batch, seq, vocab] (float32) of a full forward pass without a cache;
         ``last_only``: of the last position only, [batch, 1, vocab] (a prompt's prefill)."""
-        return self.model(self._as_batch(token_ids), last_only=last_only).float()
+        out = self.model(self._as_batch(token_ids), last_only=last_only).float()
+        release_free_memory()  # the pass's activations: the heap would keep them
+        return out
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -331,6 +333,7 @@ class Engine:
         run = self._run(ids, req)
         for _ in run.steps():
             pass
+        release_free_memory()  # the KV cache and activations: the heap would keep them
         results = [self._result(r) for r in run.rows]
         self.plugins.manager.hook.plugformer_generation_done(engine=self, results=results)
         return results[0] if single else results
@@ -363,3 +366,4 @@ class Engine:
             for step in run.steps():
                 for _, delta in step:
                     yield delta, row.token_ids[-1]
+        release_free_memory()

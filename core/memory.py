@@ -97,9 +97,12 @@ def weight_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return total, total - tensor_bytes(state)
 
 
-def report(model: torch.nn.Module, baseline_mb: float, load_peak_mb: float) -> dict[str, float]:
+def report(
+    model: torch.nn.Module, baseline_mb: float, load_peak_mb: float, one_seq_peak_mb: float
+) -> dict[str, float]:
     """The memory fields of ``plugformer bench`` (see :mod:`plugformer.core.bench`); the
-    ratios are taken in bytes (resident sizes are in MiB, weights in MB)."""
+    ratios are taken in bytes (resident sizes are in MiB, weights in MB). ``one_seq_peak_mb``
+    is the high-water mark before the batched run (load, prefill, one sequence's decode)."""
     total, kernels = weight_bytes(model)
     peak = peak_rss_mb()
     weights = total / 2**20 or 1.0  # MiB, like the resident sizes
@@ -108,8 +111,12 @@ def report(model: torch.nn.Module, baseline_mb: float, load_peak_mb: float) -> d
         "kernel_copies_mb": round(kernels / 1e6, 1),
         "baseline_rss_mb": round(baseline_mb, 1),
         "load_peak_rss_mb": round(load_peak_mb, 1),
+        "one_seq_peak_rss_mb": round(one_seq_peak_mb, 1),
         "peak_rss_mb": round(peak, 1),
         "peak_over_weights": round(peak / weights, 2),
+        "one_seq_peak_above_baseline_over_weights": round(
+            (one_seq_peak_mb - baseline_mb) / weights, 2
+        ),
         "peak_above_baseline_over_weights": round((peak - baseline_mb) / weights, 2),
     }
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from plugformer.core import native
-from plugformer.core.qpack import pack
+from plugformer.core.qpack import pack, unpack
 
 if TYPE_CHECKING:
     from plugformer.core.qlinear import QuantLinear
@@ -167,32 +167,44 @@ def native_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
     return layout
 
 
-def _unsigned_rows(m: QuantLinear) -> torch.Tensor:
-    """The integer weights as uint8 [out, in]."""
-    if m.bits == 8:
-        return torch.bitwise_xor(int8_weights(m).view(torch.uint8), 0x80)  # q, not q - 128
-    return m.int_weight().t().to(torch.uint8)  # the [in, out] int32 temporary is freed here
+#: output rows packed at a time: bounds the temporaries of a 49152-row head to a few MB
+PACK_ROWS = 4096
+
+
+def _unsigned_rows(m: QuantLinear, r0: int, r1: int) -> torch.Tensor:
+    """The integer weights of output rows r0..r1-1 as uint8 [r1 - r0, in]."""
+    words = m.qweight[:, r0:r1]  # [in * bits / 32, rows]
+    if m.bits == 8 and sys.byteorder == "little":  # the bytes are the values: no unpacking
+        b = words.contiguous().view(torch.uint8)  # [in / 4, rows * 4]
+        return b.view(-1, r1 - r0, 4).permute(1, 0, 2).reshape(r1 - r0, -1)
+    return unpack(words, m.bits, dim=0).t().to(torch.uint8)
 
 
 def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
     """``m``'s weights in the native kernel's layout (core/cpu_qmatmul.c): tiles of 16 output
-    rows holding 4 input features per row and int32 lane, scales and offsets per tile."""
+    rows holding 4 input features per row and int32 lane, scales and offsets per tile. Packed
+    :data:`PACK_ROWS` rows at a time."""
     plan = native_plan(m)
     assert plan is not None
     perm, gs = plan
     n, k = m.out_features, m.in_features
     tiles = -(-n // 16)
-    q = _unsigned_rows(m)  # [n, k]
-    if perm is not None:
-        q = q[:, perm]
-    if tiles * 16 != n:
-        q = F.pad(q, (0, 0, 0, tiles * 16 - n))
-    if m.bits == 8:  # [T, K/4, 16, 4]
-        w = q.view(tiles, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous()
-    else:  # [T, K/8, 16, 4]: low nibbles features 8p..8p+3, high nibbles 8p+4..8p+7
-        v = q.view(tiles, 16, k // 8, 2, 4).permute(0, 2, 1, 4, 3)
-        w = torch.bitwise_or(v[..., 0], torch.bitwise_left_shift(v[..., 1], 4)).contiguous()
-    del q
+    per_row = k // 4 if m.bits == 8 else k // 8
+    w = torch.empty((tiles, per_row, 16, 4), dtype=torch.uint8)
+    for r0 in range(0, n, PACK_ROWS):
+        r1 = min(n, r0 + PACK_ROWS)
+        q = _unsigned_rows(m, r0, r1)  # [rows, k]
+        if perm is not None:
+            q = q[:, perm]
+        t0, t1 = r0 // 16, -(-r1 // 16)
+        if (t1 - t0) * 16 != r1 - r0:
+            q = F.pad(q, (0, 0, 0, (t1 - t0) * 16 - (r1 - r0)))
+        if m.bits == 8:  # [T, K/4, 16, 4]
+            w[t0:t1] = q.view(t1 - t0, 16, per_row, 4).permute(0, 2, 1, 3)
+        else:  # [T, K/8, 16, 4]: low nibbles features 8p..8p+3, high nibbles 8p+4..8p+7
+            v = q.view(t1 - t0, 16, per_row, 2, 4).permute(0, 2, 1, 4, 3)
+            w[t0:t1] = torch.bitwise_or(v[..., 0], torch.bitwise_left_shift(v[..., 1], 4))
+        del q
     s, o = m.scales_offsets()  # [groups, n] float32
     s16 = s.to(torch.float16)
     if not torch.equal(s16.float(), s):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plugformer.core.memory import release_free_memory
 from plugformer.core.qlinear import QuantLinear
 
 
@@ -94,7 +95,7 @@ def rtn(linear: nn.Linear, bits: int, group_size: int, sym: bool) -> QuantLinear
     )  # fmt: skip
 
 
-def rtn_by_rows(linear: nn.Linear, bits: int, sym: bool, rows: int = 4096) -> QuantLinear:
+def rtn_by_rows(linear: nn.Linear, bits: int, sym: bool, rows: int = 1024) -> QuantLinear:
     """Per-channel :func:`rtn` of ``linear`` computed ``rows`` output rows at a time, so that
     the float32 temporaries stay small for a wide layer (an LM head of 49152 rows); the result
     is the same layer ``rtn(linear, bits, -1, sym)`` gives."""
@@ -112,6 +113,8 @@ def rtn_by_rows(linear: nn.Linear, bits: int, sym: bool, rows: int = 4096) -> Qu
         full.qweight[:, r0:r1] = m.qweight
         full.scales[:, r0:r1] = m.scales
         full.qzeros[:, r0 // per_word : -(-r1 // per_word)] = m.qzeros
+        del m, part
+        release_free_memory()  # the chunk's float temporaries go back before the next
     if linear.bias is not None:
         full.bias = linear.bias.detach().clone()
     return full

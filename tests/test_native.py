@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import plugformer
-from plugformer.core import memory, native
+from plugformer.core import memory, native, qkernels
 from plugformer.core.errors import ConfigError
 from plugformer.core.qkernels import native_plan
 from plugformer.core.qlinear import QuantLinear
@@ -288,3 +288,15 @@ def test_new_weights_reach_a_compact_layer(backend):
     assert "qweight" in dict(m.named_buffers())
     m = m.to(torch.float64)  # a move or cast rebuilds from the buffers
     assert torch.equal(m.qweight, _layer(4, 32, seed=2).qweight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits,act_order", [(4, False), (8, False), (4, True)])
+def test_packing_in_row_chunks_gives_the_same_layout(backend, bits, act_order, monkeypatch):
+    m = _layer(bits, 32, n=40, zero_format="gptq", act_order=act_order)
+    m.set_backend(backend)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(6))
+    whole = m(x)
+    monkeypatch.setattr(qkernels, "PACK_ROWS", 16)  # 3 chunks, the last one padded
+    m.set_backend(backend)
+    assert torch.equal(m(x), whole)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plugformer.core.memory import release_free_memory
 from plugformer.core.qlinear import QuantLinear
 
 _SAME = ("in_features", "bits", "group_size", "sym", "desc_act", "zero_format")
@@ -79,8 +80,11 @@ def _concat_quant(layers: list[QuantLinear]) -> QuantLinear | None:
 def fuse_projections(model: nn.Module) -> int:
     """Call every module's ``fuse_projections()``; returns how many fused."""
     count = 0
-    for module in list(model.modules()):
-        fn = getattr(module, "fuse_projections", None)
-        if callable(fn) and fn():
+    # only the fusing modules are listed: a list of every module would keep the unfused
+    # layers alive until the end (one full copy of the projections)
+    owners = [fn for m in model.modules() if callable(fn := getattr(m, "fuse_projections", None))]
+    for fuse in owners:
+        if fuse():
             count += 1
+            release_free_memory()  # the unfused layers: one layer's worth at a time
     return count

@@ -126,8 +126,12 @@ def _build(portable: bool) -> Path:
     target = folder / ("qmatmul_portable.so" if portable else "qmatmul.so")
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(dir=folder)
+    except OSError as exc:
+        raise NativeKernelError(f"cannot write the kernel cache {folder}: {exc}") from None
+    with work as tmp:
         paths = []
         for name, text in sources.items():
             paths.append(str(Path(tmp) / name))

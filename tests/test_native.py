@@ -300,3 +300,11 @@ def test_packing_in_row_chunks_gives_the_same_layout(backend, bits, act_order, m
     monkeypatch.setattr(qkernels, "PACK_ROWS", 16)  # 3 chunks, the last one padded
     m.set_backend(backend)
     assert torch.equal(m(x), whole)
+
+
+def test_an_unwritable_cache_is_a_typed_error(monkeypatch, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PLUGFORMER_CACHE", str(blocker))
+    with pytest.raises(native.NativeKernelError, match="cannot write the kernel cache"):
+        native._build(portable=True)

@@ -50,11 +50,14 @@ class RTN:
         c = self.config
         check_model(model, c.bits, c.group_size)
         start = time.perf_counter()
-        for path, linear in list(block_linears(model)):
+        # paths, not modules: a list of the float layers would keep them all alive to the end
+        for path in [path for path, _ in block_linears(model)]:
+            linear = model.get_submodule(path)
             q = rtn(linear, c.bits, c.group_size, c.sym)
             swap_module(model, path, q.to(linear.weight.device))
+            del linear, q
+            release_free_memory()  # this layer's float weight and the rounding's temporaries
         self.seconds = time.perf_counter() - start  # read by `plugformer quantize`
-        release_free_memory()  # the float weights and the rounding's temporaries
         return model
 
 

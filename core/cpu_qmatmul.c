@@ -127,81 +127,63 @@ static inline __m512 load_offsets16(const pf_layer *L, int64_t i) {
     return load_scales16((const uint16_t *)L->o + i);
 }
 
-/* One tile of 16 output rows against one activation row: lane r = y[16t + r] (no bias).
- * Four independent int32 chains per block keep vpdpbusd's latency hidden. */
-static inline __m512 tile_q4(const pf_layer *L, int64_t t, const int8_t *xq, const float *sx,
-                             const int32_t *xs, const float *gs) {
-    const int64_t k = L->k, groups = k / L->group, per_group = L->group / 32;
-    const uint8_t *wt = L->w + t * 8 * k;
-    const uint16_t *st = L->s + t * groups * 16;
-    const int64_t ot = t * groups * 16;
+/* The integer dot products of one 32-feature block of a tile: lane r = sum_k q[r][k] * xq[k].
+ * Four independent int32 chains hide vpdpbusd's latency. Four bits: 4 x 64 bytes, low nibbles
+ * features 8p..8p+3 and high nibbles 8p+4..8p+7 of each; eight bits: 8 x 64 bytes. */
+static inline __m512i block_q4(const uint8_t *wt, const int32_t *xv) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
-    const __m512 centre = _mm512_set1_ps(8.0f);
-    __m512 y = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        __m512 blk = _mm512_setzero_ps();
-        for (int64_t bb = 0; bb < per_group; bb++, wt += 256, xq += 32) {
-            const int32_t *xv = (const int32_t *)xq;
-            const __m512i v0 = _mm512_loadu_si512((const void *)wt);
-            const __m512i v1 = _mm512_loadu_si512((const void *)(wt + 64));
-            const __m512i v2 = _mm512_loadu_si512((const void *)(wt + 128));
-            const __m512i v3 = _mm512_loadu_si512((const void *)(wt + 192));
-            __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, nib),
-                                             _mm512_set1_epi32(xv[0]));
-            __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-                                             _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib),
-                                             _mm512_set1_epi32(xv[1]));
-            __m512i a2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, nib),
-                                             _mm512_set1_epi32(xv[2]));
-            __m512i a3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-                                             _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib),
-                                             _mm512_set1_epi32(xv[3]));
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v2, nib), _mm512_set1_epi32(xv[4]));
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(v2, 4), nib),
-                                     _mm512_set1_epi32(xv[5]));
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v3, nib), _mm512_set1_epi32(xv[6]));
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(v3, 4), nib),
-                                     _mm512_set1_epi32(xv[7]));
-            const __m512i sum = _mm512_sub_epi32(
-                _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                _mm512_set1_epi32(8 * xs[g * per_group + bb]));
-            blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sx[g * per_group + bb]),
-                                  blk);
-        }
-        const __m512 sv = load_scales16(st + 16 * g);
-        const __m512 ov = _mm512_fmadd_ps(sv, centre, load_offsets16(L, ot + 16 * g));
-        y = _mm512_fmadd_ps(blk, sv, y);
-        y = _mm512_fmadd_ps(ov, _mm512_set1_ps(gs[g]), y);
+    __m512i a[4];
+    for (int p = 0; p < 2; p++) {
+        const __m512i v = _mm512_loadu_si512((const void *)(wt + 64 * p));
+        a[2 * p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, nib),
+                                       _mm512_set1_epi32(xv[2 * p]));
+        a[2 * p + 1] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                           _mm512_and_si512(_mm512_srli_epi16(v, 4), nib),
+                                           _mm512_set1_epi32(xv[2 * p + 1]));
     }
-    return y;
+    for (int p = 2; p < 4; p++) {
+        const __m512i v = _mm512_loadu_si512((const void *)(wt + 64 * p));
+        a[2 * p - 4] = _mm512_dpbusd_epi32(a[2 * p - 4], _mm512_and_si512(v, nib),
+                                           _mm512_set1_epi32(xv[2 * p]));
+        a[2 * p - 3] = _mm512_dpbusd_epi32(a[2 * p - 3],
+                                           _mm512_and_si512(_mm512_srli_epi16(v, 4), nib),
+                                           _mm512_set1_epi32(xv[2 * p + 1]));
+    }
+    return _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
 }
 
-static inline __m512 tile_q8(const pf_layer *L, int64_t t, const int8_t *xq, const float *sx,
-                             const int32_t *xs, const float *gs) {
+static inline __m512i block_q8(const uint8_t *wt, const int32_t *xv) {
+    __m512i a[4];
+    for (int j = 0; j < 4; j++)
+        a[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                   _mm512_loadu_si512((const void *)(wt + 64 * j)),
+                                   _mm512_set1_epi32(xv[j]));
+    for (int j = 0; j < 4; j++)
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_loadu_si512((const void *)(wt + 256 + 64 * j)),
+                                   _mm512_set1_epi32(xv[4 + j]));
+    return _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
+}
+
+/* One tile of 16 output rows against one activation row: lane r = y[16t + r] (no bias). */
+static inline __m512 tile_dot(const pf_layer *L, int64_t t, const int8_t *xq, const float *sx,
+                              const int32_t *xs, const float *gs) {
+    const int four = L->bits == 4;
     const int64_t k = L->k, groups = k / L->group, per_group = L->group / 32;
-    const uint8_t *wt = L->w + t * 16 * k;
+    const int64_t block_bytes = four ? 256 : 512;
+    const int32_t c = four ? 8 : 128;
+    const uint8_t *wt = L->w + t * (four ? 8 : 16) * k;
     const uint16_t *st = L->s + t * groups * 16;
     const int64_t ot = t * groups * 16;
-    const __m512 centre = _mm512_set1_ps(128.0f);
+    const __m512 centre = _mm512_set1_ps((float)c);
     __m512 y = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         __m512 blk = _mm512_setzero_ps();
-        for (int64_t bb = 0; bb < per_group; bb++, wt += 512, xq += 32) {
+        for (int64_t bb = 0; bb < per_group; bb++, wt += block_bytes, xq += 32) {
+            const int64_t b = g * per_group + bb;
             const int32_t *xv = (const int32_t *)xq;
-            __m512i a[4];
-            for (int j = 0; j < 4; j++)
-                a[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-                                           _mm512_loadu_si512((const void *)(wt + 64 * j)),
-                                           _mm512_set1_epi32(xv[j]));
-            for (int j = 0; j < 4; j++)
-                a[j] = _mm512_dpbusd_epi32(a[j],
-                                           _mm512_loadu_si512((const void *)(wt + 256 + 64 * j)),
-                                           _mm512_set1_epi32(xv[4 + j]));
-            const __m512i sum = _mm512_sub_epi32(
-                _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3])),
-                _mm512_set1_epi32(128 * xs[g * per_group + bb]));
-            blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sx[g * per_group + bb]),
-                                  blk);
+            const __m512i dot = four ? block_q4(wt, xv) : block_q8(wt, xv);
+            const __m512i sum = _mm512_sub_epi32(dot, _mm512_set1_epi32(c * xs[b]));
+            blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sx[b]), blk);
         }
         const __m512 sv = load_scales16(st + 16 * g);
         const __m512 ov = _mm512_fmadd_ps(sv, centre, load_offsets16(L, ot + 16 * g));
@@ -360,8 +342,7 @@ int pf_qlinear(const pf_layer *L, const void *x, int xdt, int64_t rows, void *y,
         const int32_t *isr = xs + m * blocks;
 #if PF_SIMD
         const __mmask16 mask = (__mmask16)((1u << nr) - 1u);
-        __m512 v = L->bits == 4 ? tile_q4(L, t, xr, sr, isr, gr)
-                                    : tile_q8(L, t, xr, sr, isr, gr);
+        __m512 v = tile_dot(L, t, xr, sr, isr, gr);
         if (L->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, L->bias + 16 * t));
         store16(y, ydt, m * n + 16 * t, v, mask);
 #else

@@ -23,6 +23,7 @@ in its own order (logits within a few float32 ulps, greedy tokens equal: tests/t
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ class DecodeAttention:
         self.args = native.Decode(hq=num_heads, hkv=num_kv_heads, d=head_dim, scale=scale)
         self.ref = ctypes.byref(self.args)
         self.call = native.load(False).pf_decode_attention
+        self.lock = threading.Lock()
 
     def __call__(
         self,
@@ -79,13 +81,16 @@ class DecodeAttention:
             return None
         kc, vc = cache.buffers_for(layer, self.hkv, self.d)
         out = torch.empty((b, 1, self.hq * self.d))
-        a = self.args
-        a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-        a.q_sb, a.k_sb, a.v_sb = q.stride(0), k.stride(0), v.stride(0)
-        a.cos, a.sin, a.kc, a.vc = cos.data_ptr(), sin.data_ptr(), kc.data_ptr(), vc.data_ptr()
-        a.bias, a.bias_sb, a.out = bias.data_ptr(), filled, out.data_ptr()
-        a.b, a.rd, a.cap, a.slot, a.filled = b, cos.shape[-1], cache.length, filled - 1, filled
-        if self.call(self.ref, torch.get_num_threads()):
+        with self.lock:  # one struct per layer: generations in other threads wait their turn
+            a = self.args
+            a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+            a.q_sb, a.k_sb, a.v_sb = q.stride(0), k.stride(0), v.stride(0)
+            a.cos, a.sin = cos.data_ptr(), sin.data_ptr()
+            a.kc, a.vc = kc.data_ptr(), vc.data_ptr()
+            a.bias, a.bias_sb, a.out = bias.data_ptr(), filled, out.data_ptr()
+            a.b, a.rd, a.cap, a.slot, a.filled = b, cos.shape[-1], cache.length, filled - 1, filled
+            failed = self.call(self.ref, torch.get_num_threads())
+        if failed:
             raise MemoryError("decode attention: no scratch memory")
         return out
 

@@ -92,3 +92,22 @@ def test_a_kernel_without_the_declaration_keeps_its_own_arithmetic(monkeypatch):
     monkeypatch.setattr(kernel, "softmax_attention", False)
     engine.generate(PROMPTS[0], max_new_tokens=4, temperature=0.0)
     assert all(m._decode is None for m in _layers(engine))
+
+
+def test_generations_in_two_threads_get_their_own_results():
+    import threading
+
+    engine = plugformer.Engine.from_overrides(["model=tiny"])
+    want = [engine.generate(p, **GREEDY).token_ids for p in PROMPTS]
+    got: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        for _ in range(3):
+            got[i] = engine.generate(PROMPTS[i], **GREEDY).token_ids
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[0], got[1]] == want

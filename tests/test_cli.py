@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import plugformer
 from plugformer.core.cli import main
 
 
@@ -77,3 +78,20 @@ def test_unknown_command_and_help():
 def test_help_after_a_command_prints_usage(capsys):
     assert main(["bench", "--help"]) == 0
     assert "bench      measure load" in capsys.readouterr().out
+
+
+def test_bench_measures_a_model_and_its_memory():
+    from plugformer.core import bench
+
+    config = plugformer.compose(["model=tiny", "quant=rtn", "quant.bits=4", "quant.group_size=32"])
+    result = bench.run(config, prefill_tokens=32, new_tokens=8, batch=2)
+    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "decode_b2_tok_s", "sampler_greedy_ms"):
+        assert result[key] > 0, key
+    assert result["weights_mb"] > 0 and result["kernel_copies_mb"] >= 0
+    assert result["baseline_rss_mb"] <= result["load_peak_rss_mb"] <= result["peak_rss_mb"]
+    assert result["one_seq_peak_rss_mb"] <= result["peak_rss_mb"]
+    one, whole = (
+        result["one_seq_peak_above_baseline_over_weights"],
+        result["peak_above_baseline_over_weights"],
+    )
+    assert 0 <= one <= whole <= result["peak_over_weights"]

@@ -114,12 +114,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 r = json.load(open({str(out / "results.json")!r}))
 labels = [k for k in r if r[k].get("decode_tok_s")]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
 keys = ["decode_tok_s", "prefill_tok_s"]
 titles = ["decode, batch 1 (tok/s)", "prefill, 512 tokens (tok/s)"]
 for ax, key, title in zip(axes, keys, titles):
-    ax.barh(labels, [r[k].get(key) or 0 for k in labels])
+    values = [r[k].get(key) or 0 for k in labels]
+    ax.barh(labels, values)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {{v:.0f}}", va="center", fontsize=8)
     ax.set_title(title)
+    ax.set_xlim(0, max(values) * 1.15)
 fig.tight_layout()
 fig.savefig({str(out / "bench.png")!r}, dpi=100)
 """

@@ -25,7 +25,7 @@ from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.fuse import fuse_projections
 from plugformer.core.positional import PositionalDims
 from plugformer.core.qcheckpoint import prepare_quantized
-from plugformer.core.qlinear import QuantLinear, linear_kernel_problems
+from plugformer.core.qlinear import QuantLinear, build_kernels, linear_kernel_problems
 from plugformer.core.quantize import calibration_for
 from plugformer.core.sampling import SamplerChain, with_overrides
 from plugformer.core.tokenizer import ByteTokenizer, Tokenizer
@@ -132,6 +132,7 @@ class Engine:
                     module.set_backend(config.linear_kernel)
         if self.parallel.world_size > 1 or config.fuse_projections:
             release_free_memory()  # cut-away shards, layers and unfused copies go back
+        build_kernels(self.model, self.dtype)
         self.family = family
         self.checkpoint = checkpoint
         self._eos = self._eos_ids()

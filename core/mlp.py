@@ -72,6 +72,22 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+#: in-place variants (the same values) for inference, where the input is a temporary
+IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": lambda x: F.silu(x, inplace=True),
+    "relu": F.relu_,
+}
+
+
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation function called ``name`` (a key of :data:`ACTIVATIONS`)."""
     return ACTIVATIONS[name]
+
+
+def activate_temporary(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``activation(name)(x)`` for an ``x`` nothing else holds: computed in place when no
+    autograd is recording and the activation has an in-place form (one temporary fewer)."""
+    in_place = IN_PLACE.get(name)
+    if in_place is not None and not torch.is_grad_enabled():
+        return in_place(x)
+    return ACTIVATIONS[name](x)

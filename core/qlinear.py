@@ -317,6 +317,18 @@ class QuantLinear(nn.Module):
         )
 
 
+def build_kernels(model: nn.Module, dtype: torch.dtype) -> None:
+    """Build the kernels of ``model``'s quantized layers for inputs in ``dtype`` now rather
+    than on the first forward, largest layer first: while the largest one (an LM head) holds
+    two copies of its integers, the others have not yet added their kernels' arrays, which
+    keeps the high-water mark of loading lower. Layers on the meta device are skipped."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    layers.sort(key=lambda m: m.in_features * m.out_features * m.bits, reverse=True)
+    for m in layers:
+        if m.qweight.device.type != "meta":
+            m.kernel_for(m.qweight.device, dtype)
+
+
 def swap_module(root: nn.Module, path: str, new: nn.Module) -> None:
     """Replace the submodule at ``path`` (``layers.0.attn.wq``) with ``new``."""
     parent_path, _, name = path.rpartition(".")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from plugformer.core import hookimpl
-from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activation
+from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activate_temporary, activation
 from plugformer.core.model.fuse import concat_linears
 
 
@@ -54,7 +54,10 @@ class GatedMLP(nn.Module):
             g, u = self.gate_up(x).chunk(2, dim=-1)  # [B, S, 2 * ffn] -> two [B, S, ffn]
         else:
             g, u = self.gate(x), self.up(x)
-        return self.down(activation(self.dims.activation)(g) * u)
+        if torch.is_grad_enabled():
+            return self.down(activation(self.dims.activation)(g) * u)
+        # inference: g is this call's own temporary; act(g) * u in place, the same values
+        return self.down(activate_temporary(self.dims.activation, g).mul_(u))
 
 
 @hookimpl

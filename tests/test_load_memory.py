@@ -58,6 +58,10 @@ def test_loading_leaves_only_the_weights_alive(tiny_q4_1, overrides):
     gc.collect()
     state = _state(engine.model)
     weights = {t.untyped_storage().data_ptr() for t in state}
+    # the kernels' own layouts (built at load) are weights too (memory.weight_bytes)
+    kernels = [t for m in engine.model.modules() if isinstance(m, QuantLinear)
+               for t in m.kernel_tensors()]  # fmt: skip
+    weights |= {t.untyped_storage().data_ptr() for t in kernels}
     new = {p: n for p, n in _live_storages().items() if p not in before and p not in weights}
     # nothing but the weights was kept: no state dict, no float32 dequantized blocks, no
     # float copy of a quantized layer (a few small tensors, e.g. the tokenizer-free engine's

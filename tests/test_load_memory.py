@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import plugformer
-from plugformer.core import memory
+from plugformer.core import memory, native
 from plugformer.core.gguf_quants import dequantize, dequantize_to
 from plugformer.core.qlinear import QuantLinear
 
@@ -72,16 +72,25 @@ def test_loading_leaves_only_the_weights_alive(tiny_q4_1, overrides):
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
-def test_kernel_copies_are_counted_as_weights(tiny_q4_1):
-    engine = plugformer.Engine.from_overrides([f"model.path={tiny_q4_1}", "model.dtype=float32"])
-    total, kernels = memory.weight_bytes(engine.model)
-    assert kernels == 0  # kernels are built on the first forward
-    engine.logits(IDS)
-    total, kernels = memory.weight_bytes(engine.model)
+@pytest.mark.parametrize(
+    "overrides,one_copy",
+    [
+        (["model.dtype=float32", "linear_kernel=native"], True),  # the layout replaces qweight
+        (["model.dtype=bfloat16", "linear_kernel=torch_int4"], False),  # beside qweight
+    ],
+)
+def test_kernel_copies_are_counted_as_weights(tiny_q4_1, overrides, one_copy):
+    if "linear_kernel=native" in overrides and not native.available():
+        pytest.skip(f"native kernel: {native.unavailable_reason()}")
+    engine = plugformer.Engine.from_overrides([f"model.path={tiny_q4_1}", *overrides])
     layers = [m for m in engine.model.modules() if isinstance(m, QuantLinear)]
-    # float32 runs Q4_1 layers through a dequantized float32 copy: 4 bytes per weight
-    assert kernels == sum(4 * m.in_features * m.out_features for m in layers)
+    assert layers  # the Q4_1 layers stay quantized; their kernels are built at load
+    total, kernels = memory.weight_bytes(engine.model)
+    assert kernels == memory.tensor_bytes([t for m in layers for t in m.kernel_tensors()]) > 0
     assert total == memory.tensor_bytes(_state(engine.model)) + kernels
+    assert all(("qweight" in dict(m.named_buffers())) != one_copy for m in layers)
+    engine.logits(IDS)  # running adds nothing
+    assert memory.weight_bytes(engine.model) == (total, kernels)
 
 
 def test_tensor_bytes_counts_shared_storages_once():

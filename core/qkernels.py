@@ -186,7 +186,7 @@ def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
     :data:`PACK_ROWS` rows at a time."""
     plan = native_plan(m)
     assert plan is not None
-    perm, gs = plan
+    perm = plan[0]
     n, k = m.out_features, m.in_features
     tiles = -(-n // 16)
     per_row = k // 4 if m.bits == 8 else k // 8
@@ -223,7 +223,6 @@ def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
         "o": per_tile(offsets),
         "bias": bias,
         "perm": None if perm is None else perm.to(torch.int64).contiguous(),
-        "group": torch.tensor(k if m.groups == 1 else gs),
     }
 
 
@@ -247,6 +246,7 @@ def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -
     lib = native.load(portable)
     arrays = native_arrays(m)
     w, s, o, bias, perm = (arrays[name] for name in ("w", "s", "o", "bias", "perm"))
+    group = m.in_features // m.groups  # contiguous equal groups (native_plan)
     assert w is not None and s is not None and o is not None
     layer = native.Layer(
         w=w.data_ptr(),
@@ -256,7 +256,7 @@ def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -
         perm=None if perm is None else perm.data_ptr(),
         n=m.out_features,
         k=m.in_features,
-        group=int(arrays["group"]),  # type: ignore[arg-type]
+        group=group,
         bits=m.bits,
         o_f32=int(o.dtype == torch.float32),
     )

@@ -55,30 +55,45 @@ def _layer(bits, group_size, n=48, k=128, *, zero_format="gptq_v2", act_order=Fa
     )
 
 
-def _simulate(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    """The kernel's arithmetic in float64: y = xq~ @ (s * (q - c)).T + x @ (o + c * s).T + b."""
+def _per_block(m: QuantLinear, x: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as float64 [rows, in], ``fn`` of x's 32-feature blocks in the kernel's feature order
+    (act-order permutes it) [rows, blocks, 32], brought back to the layer's order [rows, in])."""
     x = x.double().reshape(-1, m.in_features)
-    rows = x.shape[0]
     plan = native_plan(m)
     assert plan is not None
     perm, _ = plan
-    xp = x if perm is None else x[:, perm]  # the kernel's feature order
-    xf = xp.float().view(rows, -1, 32)
+    xp = x if perm is None else x[:, perm]
+    out = fn(xp.view(x.shape[0], -1, 32)).reshape(x.shape[0], -1)
+    if perm is not None:
+        back = torch.empty_like(out)
+        back[:, perm] = out
+        out = back
+    return x, out
+
+
+def _centred(m: QuantLinear) -> tuple[int, torch.Tensor]:
+    """(c, s * (q - c) [in, out] in float64) with c the middle of the integer range."""
+    c = 8 if m.bits == 4 else 128
+    s, _ = m.scales_offsets()
+    return c, s.double()[m.g_idx.long()] * (m.int_weight().double() - c)
+
+
+def _rounded(blocks: torch.Tensor) -> torch.Tensor:
+    """The kernel's int8 rounding of 32-feature blocks, back as float64 values."""
+    xf = blocks.float()
     amax = xf.abs().amax(-1, keepdim=True)  # float32, as the kernel
     # 127 / amax correctly rounded, as the C division (torch's scalar / tensor is not)
     inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     xq = torch.round(xf * inv)  # round half to even, as vcvtps2dq / nearbyintf
-    approx = (xq.double() * (amax.double() / 127)).view(rows, -1)
-    if perm is not None:  # back to the layer's feature order
-        back = torch.empty_like(approx)
-        back[:, perm] = approx
-        approx = back
-    c = 8 if m.bits == 4 else 128
+    return xq.double() * (amax.double() / 127)
+
+
+def _simulate(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The kernel's arithmetic in float64: y = xq~ @ (s * (q - c)).T + x @ (o + c * s).T + b."""
+    x, approx = _per_block(m, x, _rounded)
+    c, centred = _centred(m)
     s, o = m.scales_offsets()
-    g = m.g_idx.long()
-    q = m.int_weight().double()  # [in, out]
-    centred = s.double()[g] * (q - c)  # [in, out]
-    offsets = (o.double() + c * s.double())[g]
+    offsets = (o.double() + c * s.double())[m.g_idx.long()]
     y = approx @ centred + x @ offsets
     return y if m.bias is None else y + m.bias.double()
 
@@ -86,21 +101,10 @@ def _simulate(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
 def _bound(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """Largest possible |kernel - exact| from the activation rounding: sum over features of
     |s * (q - c)| * (block's largest |x|) / 254."""
-    x = x.double().reshape(-1, m.in_features)
-    plan = native_plan(m)
-    assert plan is not None
-    perm, _ = plan
-    xp = x if perm is None else x[:, perm]
-    half_step = (xp.abs().view(x.shape[0], -1, 32).amax(-1, keepdim=True) / 254).expand(-1, -1, 32)
-    half_step = half_step.reshape(x.shape[0], -1)
-    if perm is not None:
-        back = torch.empty_like(half_step)
-        back[:, perm] = half_step
-        half_step = back
-    c = 8 if m.bits == 4 else 128
-    s, _ = m.scales_offsets()
-    centred = (s.double()[m.g_idx.long()] * (m.int_weight().double() - c)).abs()
-    return half_step @ centred
+    _, half_step = _per_block(
+        m, x, lambda b: (b.abs().amax(-1, keepdim=True) / 254).expand(-1, -1, 32)
+    )
+    return half_step @ _centred(m)[1].abs()
 
 
 CASES = [

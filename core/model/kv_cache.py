@@ -77,10 +77,7 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, D] into ``slots`` [S]; return the layer's filled slots
         [B, Hkv, filled, D] (views, in the cache's dtype: attention skips the empty tail)."""
-        kb, vb = self.buffers(layer, k)
-        kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
-        vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
-        return kb[:, :, : self.filled], vb[:, :, : self.filled]
+        return _write(*self.buffers(layer, k), slots, k, v, self.filled)
 
     @property
     def filled_pos(self) -> torch.Tensor:
@@ -105,12 +102,8 @@ class CacheRows:
         return self.parent.dtype
 
     @property
-    def slot_pos(self) -> torch.Tensor:
-        return self.parent.slot_pos[self.start : self.stop]  # [b, T]
-
-    @property
     def filled_pos(self) -> torch.Tensor:
-        return self.parent.slot_pos[self.start : self.stop, : self.parent.filled]  # [b, filled]
+        return self.parent.filled_pos[self.start : self.stop]  # [b, filled]
 
     def advance(self, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         return self.slots
@@ -119,8 +112,20 @@ class CacheRows:
         self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         kb, vb = self.parent.buffers(layer, k)
-        kb, vb = kb[self.start : self.stop], vb[self.start : self.stop]  # views: [b, Hkv, T, D]
-        kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
-        vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
-        filled = self.parent.filled
-        return kb[:, :, :filled], vb[:, :, :filled]
+        rows = slice(self.start, self.stop)  # views: [b, Hkv, T, D]
+        return _write(kb[rows], vb[rows], slots, k, v, self.parent.filled)
+
+
+def _write(
+    kb: torch.Tensor,
+    vb: torch.Tensor,
+    slots: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    filled: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v [b, Hkv, S, D] into ``slots`` of the buffers [b, Hkv, T, D]; their first
+    ``filled`` slots back as views."""
+    kb.index_copy_(2, slots, k if k.dtype == kb.dtype else k.to(kb.dtype))
+    vb.index_copy_(2, slots, v if v.dtype == vb.dtype else v.to(vb.dtype))
+    return kb[:, :, :filled], vb[:, :, :filled]

@@ -96,7 +96,7 @@ def build_float_model(path: Path) -> None:
 def plugformer_side(path: Path) -> dict[str, Any]:
     """plugformer's float32 logits and each quantized layer's dequantized weight, by HF name."""
     import plugformer
-    from plugformer.core.qlinear import QuantLinear
+    from plugformer.core.quant.linear import QuantLinear
 
     engine = plugformer.Engine.from_overrides([f"model.path={path}", "model.dtype=float32"])
     with torch.no_grad():

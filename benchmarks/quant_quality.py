@@ -36,7 +36,7 @@ RUNS = [  # label, overrides
 
 def quality() -> list[tuple[str, float, float | None]]:
     import plugformer
-    from plugformer.core.evaluate import perplexity
+    from plugformer.core.commands.eval import perplexity
     from plugformer.plugins.quant.none import NoQuant
 
     text = HELDOUT.read_text(encoding="utf-8")
@@ -60,7 +60,7 @@ def quality() -> list[tuple[str, float, float | None]]:
 def kernels() -> None:
     import copy
 
-    from plugformer.core.qmath import rtn
+    from plugformer.core.quant.grid import rtn
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(576, 1536, bias=False)

@@ -17,8 +17,8 @@ import time
 import torch
 
 import plugformer
+from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.loader import load_plugins
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, with_overrides
 
 HEAVY = {

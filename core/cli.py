@@ -131,20 +131,20 @@ def _chat(overrides: list[str]) -> int:
 
 
 def _bench(overrides: list[str]) -> int:
-    from plugformer.core.bench import main as bench_main
+    from plugformer.core.commands.bench import main as bench_main
     from plugformer.core.config import compose
 
     return bench_main(compose(overrides))
 
 
 def _quantize(overrides: list[str]) -> int:
-    from plugformer.core.qcommands import quantize_command
+    from plugformer.core.commands.quantize import quantize_command
 
     return quantize_command(overrides)
 
 
 def _eval(overrides: list[str]) -> int:
-    from plugformer.core.qcommands import eval_command
+    from plugformer.core.commands.eval import eval_command
 
     return eval_command(overrides)
 

@@ -29,15 +29,15 @@ from omegaconf.errors import (
 )
 from omegaconf.errors import ValidationError as OmegaValidationError
 
-from plugformer.core.attention import AttentionConfig
 from plugformer.core.errors import ConfigError, UnknownNameError
+from plugformer.core.interfaces.attention import AttentionConfig
+from plugformer.core.interfaces.parallel import ParallelConfig
+from plugformer.core.interfaces.positional import PositionalConfig
+from plugformer.core.interfaces.quant import QuantConfig
+from plugformer.core.interfaces.sampler import SamplerConfig
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.loader import Plugins, PluginSettings, get_plugins
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.parallel import ParallelConfig
-from plugformer.core.positional import PositionalConfig
-from plugformer.core.quant import QuantConfig
 from plugformer.core.registry import Registry
-from plugformer.core.sampler import SamplerConfig
 from plugformer.core.sampling import sampler_options
 
 #: Registry kinds that are config groups (``attention=gqa``). Model families and checkpoint
@@ -98,7 +98,7 @@ class Config:
     # join q/k/v and gate/up into one layer each after loading (decode speed; see
     # core/model/fuse.py: weights changed later through the old module names have no effect)
     fuse_projections: bool = False
-    # the kernel of quantized linear layers (core/qkernels.py): auto | native | dequant |
+    # the kernel of quantized linear layers (core/quant/kernels.py): auto | native | dequant |
     # reference | torch_int4 | torch_int8 | triton. auto: native on the CPU for bf16/fp16,
     # the exact dequantized matmul for float32 (GGUF blocks then load dense); native runs any
     # dtype with int8 activations, float32 included (GGUF blocks stay packed)

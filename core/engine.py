@@ -9,26 +9,32 @@ from typing import Any
 
 import torch
 
-from plugformer.core.attention import AttentionDims
-from plugformer.core.checkpoint import Checkpoint
+from plugformer.core.checkpoints.load import (
+    find_family,
+    load_weights,
+    open_checkpoint,
+    resolve_component,
+)
 from plugformer.core.config import Config, compose
 from plugformer.core.errors import ConfigError, ValidationError
-from plugformer.core.family import ModelFamily
 from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.generation import BatchRun, Request, Row, make_request
-from plugformer.core.hf_config import decoder_tp_plan
+from plugformer.core.interfaces.attention import AttentionDims
+from plugformer.core.interfaces.checkpoint import Checkpoint
+from plugformer.core.interfaces.family import ModelFamily
+from plugformer.core.interfaces.positional import PositionalDims
+from plugformer.core.interfaces.tokenizer import Tokenizer
 from plugformer.core.loader import Plugins, get_plugins
-from plugformer.core.loading import find_family, load_weights, open_checkpoint, resolve_component
 from plugformer.core.memory import release_free_memory
 from plugformer.core.model.build import build_parts, on_meta
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.fuse import fuse_projections
-from plugformer.core.positional import PositionalDims
-from plugformer.core.qcheckpoint import prepare_quantized
-from plugformer.core.qlinear import QuantLinear, build_kernels, linear_kernel_problems
-from plugformer.core.quantize import calibration_for
+from plugformer.core.model.hf import decoder_tp_plan
+from plugformer.core.quant.calibrate import calibration_for
+from plugformer.core.quant.linear import QuantLinear, build_kernels, linear_kernel_problems
+from plugformer.core.quant.load import prepare_quantized
 from plugformer.core.sampling import SamplerChain, with_overrides
-from plugformer.core.tokenizer import ByteTokenizer, Tokenizer
+from plugformer.core.tokenizers.byte import ByteTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -101,7 +107,7 @@ class Engine:
             with on_meta():
                 model = Decoder(spec, kernel, positional, parts)
             # float32 on the CPU computes the exact dequantized matmul unless a kernel is
-            # named (core/qlinear.py): GGUF blocks load dense, the same values without a copy
+            # named (core/quant/linear.py): GGUF blocks load dense, the same values without a copy
             dense = (
                 dtype == torch.float32
                 and self.device.type == "cpu"
@@ -237,7 +243,7 @@ class Engine:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered by the model's chat template, ready for the
         assistant's turn."""
-        from plugformer.core.chat import render_chat
+        from plugformer.core.tokenizers.chat import render_chat
 
         template = self.tokenizer.chat_template
         if not template:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 
 from plugformer.core.errors import ValidationError
+from plugformer.core.interfaces.sampler import SamplingContext
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.interfaces.tokenizer import Tokenizer
 from plugformer.core.model.kv_cache import KVCache, cache_dtype
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain
-from plugformer.core.tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 512

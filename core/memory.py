@@ -86,7 +86,7 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 def weight_bytes(model: torch.nn.Module) -> tuple[int, int]:
     """(bytes of all weights as loaded, the part kept by quantized kernels): the distinct
     storages of parameters, buffers and the copies kernels keep (modules with
-    ``kernel_tensors()``, e.g. :class:`~plugformer.core.qlinear.QuantLinear`)."""
+    ``kernel_tensors()``, e.g. :class:`~plugformer.core.quant.linear.QuantLinear`)."""
     state = [*model.parameters(), *model.buffers()]
     kernels: list[torch.Tensor] = []
     for m in model.modules():
@@ -100,7 +100,7 @@ def weight_bytes(model: torch.nn.Module) -> tuple[int, int]:
 def report(
     model: torch.nn.Module, baseline_mb: float, load_peak_mb: float, one_seq_peak_mb: float
 ) -> dict[str, float]:
-    """The memory fields of ``plugformer bench`` (see :mod:`plugformer.core.bench`); the
+    """The memory fields of ``plugformer bench`` (see :mod:`plugformer.core.commands.bench`); the
     ratios are taken in bytes (resident sizes are in MiB, weights in MB). ``one_seq_peak_mb``
     is the high-water mark before the batched run (load, prefill, one sequence's decode)."""
     total, kernels = weight_bytes(model)

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from plugformer.core.attention import AttentionConfig
-from plugformer.core.checkpoint import CheckpointConfig
 from plugformer.core.errors import (
     ConfigError,
     DuplicateNameError,
@@ -22,13 +20,15 @@ from plugformer.core.errors import (
     RefusedError,
     UnknownNameError,
 )
-from plugformer.core.family import FamilyConfig
-from plugformer.core.mlp import MLPConfig
-from plugformer.core.norm import NormConfig
-from plugformer.core.parallel import ParallelConfig
-from plugformer.core.positional import PositionalConfig
-from plugformer.core.quant import QuantConfig
-from plugformer.core.sampler import SamplerConfig
+from plugformer.core.interfaces.attention import AttentionConfig
+from plugformer.core.interfaces.checkpoint import CheckpointConfig
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.interfaces.mlp import MLPConfig
+from plugformer.core.interfaces.norm import NormConfig
+from plugformer.core.interfaces.parallel import ParallelConfig
+from plugformer.core.interfaces.positional import PositionalConfig
+from plugformer.core.interfaces.quant import QuantConfig
+from plugformer.core.interfaces.sampler import SamplerConfig
 
 #: Every registry kind and the config base class its entries' configs derive from.
 KINDS: dict[str, type] = {

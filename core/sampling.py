@@ -1,7 +1,8 @@
 """The sampler chain: builds the active sampler plugins from sampling params and draws tokens.
 
 Sampling params are one flat dataclass: the union of every registered sampler's knobs (each
-plugin's config fields), with the selected option's defaults. See :mod:`plugformer.core.sampler`.
+plugin's config fields), with the selected option's defaults. See
+:mod:`plugformer.core.interfaces.sampler`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import torch
 
 from plugformer.core.errors import PluginError, ValidationError
+from plugformer.core.interfaces.sampler import Sampler, SamplerConfig, SamplingContext
 from plugformer.core.registry import Registry
-from plugformer.core.sampler import Sampler, SamplerConfig, SamplingContext
 
 
 def _off_value(f: dataclasses.Field) -> Any:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from plugformer import RefusedError
-from plugformer.core.attention import AttentionDims
+from plugformer.core.interfaces.attention import AttentionDims
 from plugformer.core.loader import load_plugins
 from plugformer.plugins.attention.gqa import GQAConfig
 from plugformer.plugins.attention.mha import MHAConfig

@@ -81,7 +81,7 @@ def test_help_after_a_command_prints_usage(capsys):
 
 
 def test_bench_measures_a_model_and_its_memory():
-    from plugformer.core import bench
+    from plugformer.core.commands import bench
 
     config = plugformer.compose(["model=tiny", "quant=rtn", "quant.bits=4", "quant.group_size=32"])
     result = bench.run(config, prefill_tokens=32, new_tokens=8, batch=2)

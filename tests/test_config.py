@@ -123,7 +123,7 @@ def test_cli_config_errors_exit_2_with_one_line():
 def test_missing_mandatory_value_names_the_key(monkeypatch):
     from dataclasses import dataclass
 
-    from plugformer.core.attention import AttentionConfig
+    from plugformer.core.interfaces.attention import AttentionConfig
     from plugformer.core.loader import reset
 
     @dataclass

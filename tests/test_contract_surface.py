@@ -7,16 +7,16 @@ import inspect
 
 import plugformer
 from plugformer.core import CONTRACT_VERSION, hookspec
-from plugformer.core.attention import Attention
-from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
-from plugformer.core.family import ModelFamily
-from plugformer.core.mlp import MLP
-from plugformer.core.norm import Norm
-from plugformer.core.parallel import ParallelStrategy
-from plugformer.core.positional import PositionalEncoding
-from plugformer.core.quant import Quantizer
+from plugformer.core.interfaces.attention import Attention
+from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
+from plugformer.core.interfaces.family import ModelFamily
+from plugformer.core.interfaces.mlp import MLP
+from plugformer.core.interfaces.norm import Norm
+from plugformer.core.interfaces.parallel import ParallelStrategy
+from plugformer.core.interfaces.positional import PositionalEncoding
+from plugformer.core.interfaces.quant import Quantizer
+from plugformer.core.interfaces.sampler import Sampler
 from plugformer.core.registry import KINDS
-from plugformer.core.sampler import Sampler
 
 FROZEN_VERSION = "1.2"
 

@@ -1,4 +1,4 @@
-"""The fused float32 CPU decode steps (core/decode_step.py: rotary attention, RMSNorm): the
+"""The fused float32 CPU decode steps (core/model/decode_step.py: rotary attention, RMSNorm): the
 same tokens and log-probabilities as the ordinary path, and they stay out where they do not
 apply."""
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import plugformer
-from plugformer.core import decode_step, native
+from plugformer.core.model import decode_step
 from plugformer.core.model.decoder import SelfAttention
+from plugformer.core.native import build as native
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"native library: {native.unavailable_reason()}"

@@ -21,9 +21,9 @@ import torch
 
 import plugformer
 from plugformer.core import cli, loader
-from plugformer.core.attention import AttentionDims
+from plugformer.core.interfaces.attention import AttentionDims
+from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.registry import Source
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, with_overrides
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugformer-example-plugin"

@@ -8,8 +8,8 @@ import torch
 
 import plugformer
 from plugformer.core.model.fuse import concat_linears
-from plugformer.core.qlinear import QuantLinear
-from plugformer.core.qmath import rtn
+from plugformer.core.quant.grid import rtn
+from plugformer.core.quant.linear import QuantLinear
 
 IDS = torch.tensor([[1, 5, 9, 77, 3, 200, 14, 8], [2, 2, 40, 41, 42, 43, 44, 45]])
 
@@ -75,6 +75,6 @@ def test_layers_that_cannot_join_stay_apart():
 
 def test_quantize_refuses_fusion():
     with pytest.raises(plugformer.ConfigError, match="fuse_projections"):
-        from plugformer.core.qcommands import quantize_command
+        from plugformer.core.commands.quantize import quantize_command
 
         quantize_command(["quant=rtn", "fuse_projections=true", "output_dir=/nonexistent"])

@@ -7,7 +7,7 @@ import torch
 
 import plugformer
 from plugformer.core.generation import IncrementalDecoder
-from plugformer.core.tokenizer import ByteTokenizer
+from plugformer.core.tokenizers.byte import ByteTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ import torch
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
-from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
+from plugformer.core.checkpoints.gguf import GGUFFile
 from plugformer.core.errors import CheckpointError
-from plugformer.core.gguf_file import GGUFFile
+from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.registry import Registry
 from plugformer.plugins.checkpoints import gguf as plugin
 from plugformer.plugins.checkpoints.gguf import GGUFCheckpoint, GGUFConfig, GGUFFormat

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from plugformer.core.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.errors import CheckpointError
+from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.registry import Registry
 from plugformer.plugins.checkpoints import hf
 from plugformer.plugins.checkpoints.hf import HFConfig, HFFormat
@@ -126,7 +126,7 @@ def test_detect_and_open_by_file(saved, tmp_path):
 
 def test_tokenizer_from_tokenizer_json(saved, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    from plugformer.core.tokenizer import HFTokenizer
+    from plugformer.core.tokenizers.hf import HFTokenizer
 
     d = _copy(saved, "single", tmp_path)
     vocab = {"<unk>": 0, "hello": 1, "world": 2}

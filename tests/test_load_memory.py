@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import plugformer
-from plugformer.core import memory, native
-from plugformer.core.gguf_quants import dequantize, dequantize_to
-from plugformer.core.qlinear import QuantLinear
+from plugformer.core import memory
+from plugformer.core.checkpoints.gguf_quants import dequantize, dequantize_to
+from plugformer.core.native import build as native
+from plugformer.core.quant.linear import QuantLinear
 
 gguf = pytest.importorskip("gguf")
 from tests.test_quant_gguf import IDS, _write_tiny_llama  # noqa: E402

@@ -1,4 +1,5 @@
-"""The native CPU kernel (core/cpu_qmatmul.c through core/native.py and core/qkernels.py).
+"""The native CPU kernel (core/native/qmatmul.c through core/native/build.py and
+core/quant/kernels.py).
 
 Its arithmetic is spelled out in torch here (:func:`_simulate`): activations rounded to int8 per
 block of 32 features, weights centred on the middle of their integer range, the offset term on
@@ -14,10 +15,12 @@ import torch
 import torch.nn.functional as F
 
 import plugformer
-from plugformer.core import memory, native, qkernels
+from plugformer.core import memory
 from plugformer.core.errors import ConfigError
-from plugformer.core.qkernels import native_plan
-from plugformer.core.qlinear import QuantLinear
+from plugformer.core.native import build as native
+from plugformer.core.quant import kernels as qkernels
+from plugformer.core.quant.kernels import native_plan
+from plugformer.core.quant.linear import QuantLinear
 
 needs_simd = pytest.mark.skipif(
     not native.available(), reason=f"native kernel: {native.unavailable_reason()}"

@@ -58,7 +58,7 @@ def test_wheel_contents(wheel: Path):
     assert "plugformer/plugins/attention/gqa.py" in names
     assert "plugformer/conf/config.yaml" in names
     assert "plugformer/conf/model/tiny.yaml" in names
-    assert "plugformer/core/cpu_qmatmul.c" in names  # compiled on first use (core/native.py)
+    assert "plugformer/core/cpu_qmatmul.c" in names  # compiled on first use (core/native/build.py)
     assert "plugformer/core/cpu_attention.c" in names
     assert not any(n.startswith(("plugformer/tests", "plugformer/examples")) for n in names)
 
@@ -91,7 +91,8 @@ def test_wheel_installs_into_a_fresh_venv(wheel: Path, tmp_path: Path):
         "print(cfg.attention.name)\n"
         "import importlib.util\n"
         "print(importlib.util.find_spec('core'), importlib.util.find_spec('plugins'))\n"
-        "from plugformer.core import native\n"  # the kernel compiles from the installed source
+        # the kernel compiles from the installed source
+        "from plugformer.core.native import build as native\n"
         "print(native._build(portable=True).name if native._compiler() else 'no compiler')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

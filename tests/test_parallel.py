@@ -21,10 +21,10 @@ from parallel_launch import launch
 
 from plugformer.core.engine import Engine
 from plugformer.core.errors import ConfigError, RefusedError
-from plugformer.core.pipeline_parallel import balanced_split, split_problems
-from plugformer.core.qlinear import QuantLinear
-from plugformer.core.qmath import rtn
-from plugformer.core.tensor_parallel import cut_linear, even, match_plan
+from plugformer.core.parallel.pipeline import balanced_split, split_problems
+from plugformer.core.parallel.tensor import cut_linear, even, match_plan
+from plugformer.core.quant.grid import rtn
+from plugformer.core.quant.linear import QuantLinear
 
 WORKER = str(Path(__file__).with_name("parallel_worker.py"))
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]  # three lengths: left padding

@@ -14,13 +14,13 @@ from torch import nn
 
 import plugformer
 from plugformer.core import loader
-from plugformer.core.attention import AttentionDims
-from plugformer.core.mlp import MLPDims
+from plugformer.core.interfaces.attention import AttentionDims
+from plugformer.core.interfaces.mlp import MLPDims
+from plugformer.core.interfaces.norm import NormConfig, NormDims
+from plugformer.core.interfaces.positional import PositionalDims
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.kv_cache import KVCache
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.norm import NormConfig, NormDims
-from plugformer.core.positional import PositionalDims
 
 transformers = pytest.importorskip("transformers")
 

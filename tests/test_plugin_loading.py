@@ -23,8 +23,8 @@ import torch
 
 import plugformer
 from plugformer.core import cli, loader
-from plugformer.core.attention import AttentionConfig
 from plugformer.core.errors import DuplicateNameError
+from plugformer.core.interfaces.attention import AttentionConfig
 from plugformer.core.registry import Registry, Source
 
 ENV_VARS = (loader.ENV_BLOCK, loader.ENV_DISABLE_AUTOLOAD, "PLUGFORMER_TRACEBACK")
@@ -34,7 +34,7 @@ GOOD = """
     from dataclasses import dataclass
 
     from plugformer.core import hookimpl
-    from plugformer.core.attention import AttentionConfig
+    from plugformer.core.interfaces.attention import AttentionConfig
 
 
     @dataclass

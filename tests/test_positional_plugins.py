@@ -15,8 +15,8 @@ from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from plugformer import RefusedError
+from plugformer.core.interfaces.positional import PositionalDims
 from plugformer.core.loader import load_plugins
-from plugformer.core.positional import PositionalDims
 from plugformer.plugins.positional.alibi import ALiBiConfig
 from plugformer.plugins.positional.none import NoPositionalConfig
 from plugformer.plugins.positional.rope import RoPEConfig

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import plugformer
 from plugformer.core.cli import main
-from plugformer.core.evaluate import perplexity
+from plugformer.core.commands.eval import perplexity
 
 HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
 

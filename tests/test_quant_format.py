@@ -17,9 +17,9 @@ from test_quant_pack import autogptq_pack_rows
 
 import plugformer
 from plugformer.core.errors import CheckpointError, ConfigError
-from plugformer.core.qlinear import QuantLinear
-from plugformer.core.qpack import pack, unpack
-from plugformer.core.qsave import save_quantized
+from plugformer.core.quant.linear import QuantLinear
+from plugformer.core.quant.pack import pack, unpack
+from plugformer.core.quant.save import save_quantized
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import plugformer
-from plugformer.core import native
-from plugformer.core.qlinear import QuantLinear
+from plugformer.core.native import build as native
+from plugformer.core.quant.linear import QuantLinear
 
 gguf = pytest.importorskip("gguf")
 QT = gguf.GGMLQuantizationType

@@ -10,10 +10,10 @@ import torch
 
 import plugformer
 from plugformer.core.errors import ConfigError, RefusedError
-from plugformer.core.qlinear import QuantLinear
-from plugformer.core.qmath import grid, rtn
-from plugformer.core.quantize import CalibrationRequest, calibration_samples
-from plugformer.core.tokenizer import ByteTokenizer
+from plugformer.core.quant.calibrate import CalibrationRequest, calibration_samples
+from plugformer.core.quant.grid import grid, rtn
+from plugformer.core.quant.linear import QuantLinear
+from plugformer.core.tokenizers.byte import ByteTokenizer
 from plugformer.plugins.quant.gptq import Hessian, float_target, gptq
 
 HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugformer.core import native
-from plugformer.core.qkernels import int4_plan
-from plugformer.core.qlinear import QuantLinear, layout_problems
-from plugformer.core.qmath import rtn
-from plugformer.core.qpack import pack
+from plugformer.core.native import build as native
+from plugformer.core.quant.grid import rtn
+from plugformer.core.quant.kernels import int4_plan
+from plugformer.core.quant.linear import QuantLinear, layout_problems
+from plugformer.core.quant.pack import pack
 
 
 def _random_qlinear(bits, group_size, k=128, n=64, *, bias=True, act_order=False, seed=0,
@@ -171,7 +171,7 @@ def test_pack_shapes_of_a_hand_built_layer():
 
 @pytest.mark.parametrize("bits,rows", [(8, 16), (4, 24), (8, 4096)])
 def test_rtn_by_rows_equals_rtn(bits, rows):
-    from plugformer.core.qmath import rtn, rtn_by_rows
+    from plugformer.core.quant.grid import rtn, rtn_by_rows
 
     g = torch.Generator().manual_seed(3)
     lin = torch.nn.Linear(64, 104, bias=True)  # a last chunk shorter than the others
@@ -184,8 +184,8 @@ def test_rtn_by_rows_equals_rtn(bits, rows):
 
 
 def test_int8_weights_read_from_the_packed_bytes():
-    from plugformer.core.qkernels import int8_weights
-    from plugformer.core.qmath import rtn
+    from plugformer.core.quant.grid import rtn
+    from plugformer.core.quant.kernels import int8_weights
 
     lin = torch.nn.Linear(64, 48)
     m = rtn(lin, 8, -1, sym=False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugformer.core import qpack
-from plugformer.core.qpack import pack, run_length, unpack
+from plugformer.core.quant import pack as qpack
+from plugformer.core.quant.pack import pack, run_length, unpack
 
 
 def autogptq_pack_rows(intweight: np.ndarray, bits: int) -> np.ndarray:

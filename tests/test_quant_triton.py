@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugformer.core.qlinear import QuantLinear
+from plugformer.core.quant.linear import QuantLinear
 
 pytest.importorskip("triton")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from plugformer import RefusedError
-from plugformer.core.hf_config import rope_positional
+from plugformer.core.interfaces.positional import PositionalDims
 from plugformer.core.loader import load_plugins
-from plugformer.core.positional import PositionalDims
+from plugformer.core.model.hf import rope_positional
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from plugformer.core.checkpoints.safetensors import DTYPES, SafetensorsFile
 from plugformer.core.errors import CheckpointError
-from plugformer.core.safetensors_file import DTYPES, SafetensorsFile
 
 
 def _sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:

@@ -15,8 +15,8 @@ from transformers.generation.logits_process import (
 
 import plugformer
 from plugformer import ValidationError
+from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.loader import load_plugins
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, with_overrides
 
 B, V = 4, 1000

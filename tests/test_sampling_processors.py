@@ -21,8 +21,8 @@ from transformers.generation.logits_process import (
 
 import plugformer
 from plugformer import ValidationError
+from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.loader import load_plugins
-from plugformer.core.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain, draw, with_overrides
 
 B, V, T = 4, 1000, 40

@@ -18,14 +18,11 @@ gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
-from plugformer.core.chat import ChatTemplateError, render_chat  # noqa: E402
 from plugformer.core.errors import CheckpointError, PlugformerError, ValidationError  # noqa: E402
-from plugformer.core.tokenizer import (  # noqa: E402
-    ByteTokenizer,
-    HFTokenizer,
-    Tokenizer,
-    gguf_tokenizer,
-)
+from plugformer.core.interfaces.tokenizer import Tokenizer  # noqa: E402
+from plugformer.core.tokenizers.byte import ByteTokenizer  # noqa: E402
+from plugformer.core.tokenizers.chat import ChatTemplateError, render_chat  # noqa: E402
+from plugformer.core.tokenizers.hf import HFTokenizer, gguf_tokenizer  # noqa: E402
 
 SMOL = Path(
     os.environ.get(

@@ -12,7 +12,7 @@ import torch
 
 import plugformer
 from plugformer.core.model.save import save_decoder
-from plugformer.core.tokenizer import ByteTokenizer
+from plugformer.core.tokenizers.byte import ByteTokenizer
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog. "

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from plugformer.core.errors import ConfigError, UnknownNameError
-from plugformer.core.mlp import MLPDims
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.norm import NormDims
+from plugformer.core.interfaces.mlp import MLPDims
+from plugformer.core.interfaces.norm import NormDims
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.registry import Registry
 
 

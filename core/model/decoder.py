@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from plugformer.core.attention import Attention
-from plugformer.core.decode_step import DecodeAttention
-from plugformer.core.decode_step import rms_norm as decode_rms_norm
-from plugformer.core.decode_step import supported as decode_supported
+from plugformer.core.interfaces.attention import Attention
+from plugformer.core.interfaces.positional import PositionalEncoding
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.model.build import Parts, default_parts
+from plugformer.core.model.decode_step import DecodeAttention
+from plugformer.core.model.decode_step import rms_norm as decode_rms_norm
+from plugformer.core.model.decode_step import supported as decode_supported
 from plugformer.core.model.fuse import concat_linears
 from plugformer.core.model.kv_cache import CacheRows, KVCache
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.positional import PositionalEncoding
 
 
 @dataclass
@@ -84,7 +84,7 @@ class SelfAttention(nn.Module):
 
     def decode_step(self) -> DecodeAttention | None:
         """The fused float32 CPU decode step for this layer, or None when it cannot apply
-        (:mod:`plugformer.core.decode_step`); decided on first use."""
+        (:mod:`plugformer.core.model.decode_step`); decided on first use."""
         if self._decode is False:
             scale = getattr(getattr(self.kernel, "dims", None), "scale", None)
             ok = self.head_range is None and isinstance(scale, float)

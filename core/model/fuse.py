@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from plugformer.core.memory import release_free_memory
-from plugformer.core.qlinear import QuantLinear
+from plugformer.core.quant.linear import QuantLinear
 
 _SAME = ("in_features", "bits", "group_size", "sym", "desc_act", "zero_format")
 

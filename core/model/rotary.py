@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from plugformer.core.positional import PositionalConfig, PositionalDims
+from plugformer.core.interfaces.positional import PositionalConfig, PositionalDims
 
 
 @dataclass

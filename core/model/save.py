@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from plugformer.core.model.spec import ModelSpec
+from plugformer.core.interfaces.spec import ModelSpec
 
 MODEL_TYPE = "plugformer"
 ARCHITECTURE = "PlugformerDecoder"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from plugformer.core import hookimpl
-from plugformer.core.attention import AttentionConfig, AttentionDims
+from plugformer.core.interfaces.attention import AttentionConfig, AttentionDims
 
 IMPLS = ("sdpa", "reference")
 

@@ -1,11 +1,12 @@
 """GGUF checkpoints as Hugging Face checkpoints: the ``gguf`` checkpoint-format plugin.
 
-The file itself is read by :mod:`plugformer.core.gguf_file` (spec: ggml-org/ggml, docs/gguf.md).
+The file itself is read by :mod:`plugformer.core.checkpoints.gguf` (spec: ggml-org/ggml,
+docs/gguf.md).
 This plugin speaks Hugging Face: ``hf_config`` is built from the metadata (llama and qwen2), tensor
 names are transformers' names, and llama's q/k projections are un-permuted from the
 interleaved-rope row order llama.cpp's converter writes. Q8_0/Q4_0/Q4_1 matrices are also
 offered undequantized (``quantized_type``/``quantized_blocks``), so ``quant=none`` runs them
-quantized (:mod:`plugformer.core.qcheckpoint`).
+quantized (:mod:`plugformer.core.quant.load`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any, NoReturn
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.checkpoint import CheckpointConfig
+from plugformer.core.checkpoints.gguf import MAGIC, GGUFFile
 from plugformer.core.errors import CheckpointError
-from plugformer.core.gguf_file import MAGIC, GGUFFile
-from plugformer.core.tokenizer import Tokenizer, gguf_tokenizer
+from plugformer.core.interfaces.checkpoint import CheckpointConfig
+from plugformer.core.interfaces.tokenizer import Tokenizer
+from plugformer.core.tokenizers.hf import gguf_tokenizer
 
 # general.architecture -> (HF architecture, HF model_type, q/k rows permuted by llama.cpp)
 ARCHITECTURES = {
@@ -213,7 +215,7 @@ class GGUFCheckpoint:
     def quantized_type(self, name: str) -> str | None:
         """``Q8_0``, ``Q4_0`` or ``Q4_1`` for a matrix stored in those blocks, else None (reads
         no data). With :meth:`quantized_blocks`, lets the engine run such weights quantized
-        (:mod:`plugformer.core.qcheckpoint`) instead of dequantizing them on load."""
+        (:mod:`plugformer.core.quant.load`) instead of dequantizing them on load."""
         info = self.file.tensors.get(self._names.get(name, ""))
         if info is None or info.type.block == 1 or len(info.ne) != 2:
             return None

@@ -3,7 +3,8 @@
 The layout ``transformers``' ``save_pretrained`` writes: ``config.json``,
 ``generation_config.json``, ``model.safetensors`` or ``model-XXXXX-of-YYYYY.safetensors`` shards
 named by ``model.safetensors.index.json``, and the tokenizer files. Weights are memory-mapped
-through :mod:`plugformer.core.safetensors_file`. Configs that ask for custom code (``auto_map``)
+through :mod:`plugformer.core.checkpoints.safetensors`. Configs that ask for custom code
+(``auto_map``)
 are refused: remote code is never run. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are
 read only when there is no safetensors file and ``model.allow_pickle=true``, and then only with
 ``torch.load(weights_only=True, mmap=True)``.
@@ -20,11 +21,11 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core import tokenizer as tokenizer_module
-from plugformer.core.checkpoint import CheckpointConfig
+from plugformer.core.checkpoints.safetensors import SafetensorsFile
 from plugformer.core.errors import CheckpointError
-from plugformer.core.safetensors_file import SafetensorsFile
-from plugformer.core.tokenizer import Tokenizer
+from plugformer.core.interfaces.checkpoint import CheckpointConfig
+from plugformer.core.interfaces.tokenizer import Tokenizer
+from plugformer.core.tokenizers.hf import HFTokenizer
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -110,7 +111,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 
 class HFCheckpoint:
-    """An opened HF model directory; see :class:`plugformer.core.checkpoint.Checkpoint`."""
+    """An opened HF model directory (a :class:`plugformer.core.interfaces.checkpoint.Checkpoint`)."""
 
     def __init__(
         self, directory: Path, hf_config: dict[str, Any], generation_config: dict[str, Any]
@@ -151,11 +152,9 @@ class HFCheckpoint:
         return src if isinstance(src, torch.Tensor) else src.tensor(name)
 
     def tokenizer(self) -> Tokenizer | None:
-        cls = getattr(tokenizer_module, "HFTokenizer", None)  # written by the tokenizer work
-        if cls is None or not (self.directory / "tokenizer.json").is_file():
+        if not (self.directory / "tokenizer.json").is_file():
             return None
-        tok: Tokenizer = cls.from_dir(self.directory)
-        return tok
+        return HFTokenizer.from_dir(self.directory)
 
     def drop_pages(self) -> None:
         """Drop the files' mapped pages from resident memory (called by the loader)."""

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from plugformer.core import hookimpl
-from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activate_temporary, activation
+from plugformer.core.interfaces.mlp import (
+    ACTIVATIONS,
+    MLPConfig,
+    MLPDims,
+    activate_temporary,
+    activation,
+)
 from plugformer.core.model.fuse import concat_linears
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from plugformer.core import hookimpl
-from plugformer.core.mlp import ACTIVATIONS, MLPConfig, MLPDims, activation
+from plugformer.core.interfaces.mlp import ACTIVATIONS, MLPConfig, MLPDims, activation
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart
-from plugformer.core.hf_config import decoder_tp_plan, hf_value, refuse, transformer_layer
-from plugformer.core.model.spec import ModelSpec
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import decoder_tp_plan, hf_value, refuse, transformer_layer
 
 _PARTS = {
     "input_layernorm": "attn_norm",

@@ -19,16 +19,16 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart
-from plugformer.core.hf_config import (
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import (
     decoder_tp_plan,
     hf_activation,
     hf_value,
     refuse,
     transformer_layer,
 )
-from plugformer.core.hf_config import rope_positional as rope
-from plugformer.core.model.spec import ModelSpec
+from plugformer.core.model.hf import rope_positional as rope
 
 _PARTS = {
     "self_attention.dense": "attn.wo",

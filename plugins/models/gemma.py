@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig
-from plugformer.core.hf_config import (
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import (
     HF_ACTIVATIONS,
     decoder_tp_plan,
     hf_value,
@@ -22,7 +23,6 @@ from plugformer.core.hf_config import (
     llama_tensor_name,
     refuse,
 )
-from plugformer.core.model.spec import ModelSpec
 
 
 @dataclass

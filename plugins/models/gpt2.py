@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
-from plugformer.core.hf_config import (
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import (
     decoder_tp_plan,
     hf_activation,
     hf_value,
     refuse,
     transformer_layer,
 )
-from plugformer.core.model.spec import ModelSpec
 
 _NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
 _CONV1D = {"attn.c_proj": "attn.wo", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig
-from plugformer.core.hf_config import decoder_tp_plan, hf_value, llama_like_spec, llama_tensor_name
-from plugformer.core.model.spec import ModelSpec
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import decoder_tp_plan, hf_value, llama_like_spec, llama_tensor_name
 
 
 @dataclass

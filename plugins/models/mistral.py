@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig
-from plugformer.core.hf_config import (
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import (
     decoder_tp_plan,
     llama_like_spec,
     llama_tensor_name,
     sliding_window,
 )
-from plugformer.core.model.spec import ModelSpec
 
 
 @dataclass

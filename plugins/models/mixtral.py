@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
-from plugformer.core.hf_config import (
+from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import (
     decoder_tp_plan,
     hf_value,
     llama_layer,
@@ -21,7 +22,6 @@ from plugformer.core.hf_config import (
     llama_tensor_name,
     sliding_window,
 )
-from plugformer.core.model.spec import ModelSpec
 
 _EXPERT = {"w1": "gate", "w3": "up", "w2": "down"}  # Mixtral's expert names -> ours
 

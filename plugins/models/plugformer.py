@@ -16,10 +16,10 @@ from typing import Any
 
 from plugformer.core import hookimpl
 from plugformer.core.errors import ConfigError
-from plugformer.core.family import FamilyConfig
-from plugformer.core.hf_config import decoder_tp_plan
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.hf import decoder_tp_plan
 from plugformer.core.model.save import ARCHITECTURE, MODEL_TYPE
-from plugformer.core.model.spec import ModelSpec
 
 _IGNORED = {"architectures", "model_type", "transformers_version", "dtype", "torch_dtype"}
 

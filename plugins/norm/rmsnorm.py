@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugformer.core import hookimpl
-from plugformer.core.norm import NormConfig, NormDims
+from plugformer.core.interfaces.norm import NormConfig, NormDims
 
 
 @dataclass

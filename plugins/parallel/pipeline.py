@@ -1,6 +1,6 @@
 """Pipeline parallelism: the decoder's layers split into ``parallel.stages`` contiguous stages,
 one per process, hidden states passed on with point-to-point messages and a batch run as
-micro-batches so that the stages work at the same time (:mod:`plugformer.core.pipeline_parallel`).
+micro-batches so that the stages work at the same time (:mod:`plugformer.core.parallel.pipeline`).
 
 The default split balances the weights each stage reads per token (the head counts for the
 last stage); ``parallel.split=[10,20]`` sets the layers per stage.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.distributed import DistributedConfig, GroupMember, world_problems
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.parallel import ParallelConfig
-from plugformer.core.pipeline_parallel import make_stage, split_problems
+from plugformer.core.interfaces.parallel import ParallelConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.parallel.distributed import DistributedConfig, GroupMember, world_problems
+from plugformer.core.parallel.pipeline import make_stage, split_problems
 
 
 @dataclass

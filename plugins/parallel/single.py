@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.distributed import launch_env
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.parallel import ParallelConfig
+from plugformer.core.interfaces.parallel import ParallelConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.parallel.distributed import launch_env
 
 
 @dataclass

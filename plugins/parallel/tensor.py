@@ -1,6 +1,6 @@
 """Tensor parallelism: every layer's weights split over ``parallel.size`` processes, Megatron
 style (Shoeybi et al., 2019, arXiv:1909.08053), following the model family's plan
-(:mod:`plugformer.core.tensor_parallel`). Every rank runs the same generation loop on the same
+(:mod:`plugformer.core.parallel.tensor`). Every rank runs the same generation loop on the same
 inputs and gets the full logits, so they sample the same tokens.
 
 Launch: ``torchrun --nproc-per-node N -m plugformer generate parallel=tensor parallel.size=N``.
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.distributed import DistributedConfig, GroupMember, world_problems
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.parallel import ParallelConfig
-from plugformer.core.tensor_parallel import local_heads, shard_model, spec_problems
+from plugformer.core.interfaces.parallel import ParallelConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.parallel.distributed import DistributedConfig, GroupMember, world_problems
+from plugformer.core.parallel.tensor import local_heads, shard_model, spec_problems
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from plugformer.core import hookimpl
-from plugformer.core.positional import PositionalConfig, PositionalDims
+from plugformer.core.interfaces.positional import PositionalConfig, PositionalDims
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
+from plugformer.core.interfaces.positional import PositionalDims
 from plugformer.core.model.rotary import Rotary, RotaryConfig
-from plugformer.core.positional import PositionalDims
 
 
 @dataclass

@@ -17,7 +17,7 @@ reference implementation:
   order, and ``g_idx`` maps each input feature to its group;
 * layers are quantized block by block, each on the inputs it gets from the already quantized
   layers before it, q/k/v and gate/up together (``true_sequential``;
-  :func:`plugformer.core.quantize.quantize_sequentially`).
+  :func:`plugformer.core.quant.calibrate.quantize_sequentially`).
 
 Two refinements, on by default because they lower SmolLM2's perplexity (see
 ``benchmarks/quant_quality.py``): ``mse`` clips each group's grid by the search of the
@@ -42,12 +42,10 @@ from torch import nn
 
 from plugformer.core import hookimpl
 from plugformer.core.errors import ConfigError
+from plugformer.core.interfaces.quant import QuantConfig
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.memory import release_free_memory
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.qlinear import QuantLinear
-from plugformer.core.qmath import grid, quantize_ints
-from plugformer.core.quant import QuantConfig
-from plugformer.core.quantize import (
+from plugformer.core.quant.calibrate import (
     CalibrationRequest,
     calibration_problems,
     check_model,
@@ -55,6 +53,8 @@ from plugformer.core.quantize import (
     settings_problems,
     spec_in_features,
 )
+from plugformer.core.quant.grid import grid, quantize_ints
+from plugformer.core.quant.linear import QuantLinear
 
 
 @dataclass

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.qlinear import swap_module
-from plugformer.core.qmath import rtn_by_rows
-from plugformer.core.quant import QuantConfig
+from plugformer.core.interfaces.quant import QuantConfig
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.quant.grid import rtn_by_rows
+from plugformer.core.quant.linear import swap_module
 
 
 @dataclass

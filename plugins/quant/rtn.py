@@ -4,7 +4,7 @@ arXiv:2210.17323, its "RTN").
 Every linear layer inside the decoder's blocks is rounded to a uniform integer grid, per output
 channel (``group_size=-1``) or per group of ``group_size`` input features, symmetric (zero point
 ``2**(bits-1)``) or asymmetric (grid over ``[min, max]``). Integers, scales and zero points are
-stored in the GPTQ layout (:class:`plugformer.core.qlinear.QuantLinear`), so an RTN model saves
+stored in the GPTQ layout (:class:`plugformer.core.quant.linear.QuantLinear`), so an RTN model saves
 and loads like a GPTQ one. No calibration data.
 """
 
@@ -16,12 +16,17 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
+from plugformer.core.interfaces.quant import QuantConfig
+from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.memory import release_free_memory
-from plugformer.core.model.spec import ModelSpec
-from plugformer.core.qlinear import swap_module
-from plugformer.core.qmath import rtn
-from plugformer.core.quant import QuantConfig
-from plugformer.core.quantize import block_linears, check_model, settings_problems, spec_in_features
+from plugformer.core.quant.calibrate import (
+    block_linears,
+    check_model,
+    settings_problems,
+    spec_in_features,
+)
+from plugformer.core.quant.grid import rtn
+from plugformer.core.quant.linear import swap_module
 
 
 @dataclass

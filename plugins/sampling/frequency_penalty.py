@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.sampler import (
+from plugformer.core.interfaces.sampler import (
     SamplerConfig,
     SamplingContext,
     generated_slots,
@@ -31,7 +31,7 @@ class FrequencyPenaltyConfig(SamplerConfig):
 
 def generated_counts(logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
     """How often each token was generated in each row: [B, V] float32 (see
-    :func:`~plugformer.core.sampler.generated_slots`)."""
+    :func:`~plugformer.core.interfaces.sampler.generated_slots`)."""
     batch, vocab = logits.shape
     target = generated_slots(logits, ctx)  # [B, T]
     counts = torch.zeros(batch, vocab + 1, dtype=logits.dtype, device=logits.device)

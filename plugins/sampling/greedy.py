@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.sampler import SamplerConfig, SamplingContext, knob
+from plugformer.core.interfaces.sampler import SamplerConfig, SamplingContext, knob
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from plugformer.core import hookimpl
 from plugformer.core.errors import ValidationError
-from plugformer.core.sampler import SamplerConfig, SamplingContext, knob
+from plugformer.core.interfaces.sampler import SamplerConfig, SamplingContext, knob
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.sampler import (
+from plugformer.core.interfaces.sampler import (
     SamplerConfig,
     SamplingContext,
     generated_slots,
@@ -31,7 +31,7 @@ class PresencePenaltyConfig(SamplerConfig):
 
 def generated_mask(logits: torch.Tensor, ctx: SamplingContext) -> torch.Tensor:
     """Whether each token was generated in each row: [B, V] bool (see
-    :func:`~plugformer.core.sampler.generated_slots`)."""
+    :func:`~plugformer.core.interfaces.sampler.generated_slots`)."""
     batch, vocab = logits.shape
     target = generated_slots(logits, ctx)  # [B, T]
     mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device)

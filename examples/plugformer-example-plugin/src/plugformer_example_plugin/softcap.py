@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from plugformer.core import hookimpl
-from plugformer.core.attention import AttentionConfig, AttentionDims
+from plugformer.core.interfaces.attention import AttentionConfig, AttentionDims
 
 
 @dataclass

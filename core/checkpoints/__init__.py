@@ -1,0 +1,1 @@
+"""Checkpoint readers (safetensors, GGUF) and loading a checkpoint into a built decoder."""

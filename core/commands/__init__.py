@@ -1,0 +1,1 @@
+"""The command-line commands beyond generate/chat: bench, quantize, eval."""

@@ -1,0 +1,74 @@
+"""The plugin contract's interfaces: one module per registry kind, plus ``ModelSpec``.
+
+Each module holds a kind's config base dataclass (with a ``name`` field), its runtime
+``typing.Protocol`` (built by the registered builder; ``check()`` lists reasons it cannot run)
+and the optional capabilities the core reads, declared with their defaults. Everything here is
+re-exported from :mod:`plugformer.core`, the one place plugin authors import from.
+"""
+
+from plugformer.core.interfaces.attention import Attention, AttentionConfig, AttentionDims
+from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointConfig, CheckpointFormat
+from plugformer.core.interfaces.family import (
+    FamilyBase,
+    FamilyConfig,
+    ModelFamily,
+    TensorPart,
+    expect_shape,
+)
+from plugformer.core.interfaces.mlp import ACTIVATIONS, MLP, MLPConfig, MLPDims, activation
+from plugformer.core.interfaces.norm import Norm, NormConfig, NormDims
+from plugformer.core.interfaces.parallel import STYLES, ParallelConfig, ParallelStrategy
+from plugformer.core.interfaces.positional import (
+    PositionalConfig,
+    PositionalDims,
+    PositionalEncoding,
+)
+from plugformer.core.interfaces.quant import QuantConfig, Quantizer
+from plugformer.core.interfaces.sampler import (
+    Sampler,
+    SamplerConfig,
+    SamplingContext,
+    generated_slots,
+    knob,
+    signed_penalty_problems,
+)
+from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.interfaces.tokenizer import Tokenizer
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "STYLES",
+    "Attention",
+    "AttentionConfig",
+    "AttentionDims",
+    "Checkpoint",
+    "CheckpointConfig",
+    "CheckpointFormat",
+    "FamilyBase",
+    "FamilyConfig",
+    "MLPConfig",
+    "MLPDims",
+    "ModelFamily",
+    "ModelSpec",
+    "Norm",
+    "NormConfig",
+    "NormDims",
+    "ParallelConfig",
+    "ParallelStrategy",
+    "PositionalConfig",
+    "PositionalDims",
+    "PositionalEncoding",
+    "QuantConfig",
+    "Quantizer",
+    "Sampler",
+    "SamplerConfig",
+    "SamplingContext",
+    "TensorPart",
+    "Tokenizer",
+    "activation",
+    "expect_shape",
+    "generated_slots",
+    "knob",
+    "signed_penalty_problems",
+]

@@ -1,0 +1,1 @@
+"""Tokenizer implementations: HF tokenizer.json and GGUF vocabularies, chat templates, bytes."""

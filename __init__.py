@@ -21,8 +21,7 @@ from plugformer.core.errors import (
     ValidationError,
 )
 from plugformer.core.loader import register
-
-__version__ = "0.1.0"
+from plugformer.core.version import __version__
 
 __all__ = [
     "CONTRACT_VERSION",

@@ -6,10 +6,13 @@ errors and 1 otherwise; ``--traceback`` (or ``PLUGFORMER_TRACEBACK=1``) shows th
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from plugformer.core.errors import PlugformerError
 
@@ -49,30 +52,76 @@ def _plugins(overrides: list[str]) -> int:
 
 
 def _version() -> str:
-    import plugformer
+    from plugformer.core.version import __version__
 
-    return plugformer.__version__
+    return __version__
+
+
+#: keys whose values are free text, taken verbatim (not parsed as Hydra override values, so
+#: quotes, commas, brackets, ``=`` and ``${...}`` in a prompt are just text)
+TEXT_KEYS = ("prompt", "system_prompt")
+_IDS = re.compile(r"\[\s*\d+(\s*,\s*\d+)*\s*\]")
+
+
+def take_text(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``prompt=...`` / ``system_prompt=...`` from the Hydra overrides, verbatim (one
+    pair of matching outer quotes removed, as Hydra would)."""
+    texts: dict[str, str] = {}
+    rest: list[str] = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and key in TEXT_KEYS:
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            texts[key] = value
+        else:
+            rest.append(arg)
+    return texts, rest
+
+
+def prompt_of(text: str) -> str | list[int]:
+    """A CLI prompt: token ids when written as a list of integers (``prompt=[5,6,7]``, for a
+    checkpoint without a tokenizer), else the text itself."""
+    if _IDS.fullmatch(text.strip()):
+        return [int(t) for t in re.findall(r"\d+", text)]
+    return text
+
+
+def _compose_with_text(overrides: list[str]) -> Any:
+    from plugformer.core.config import compose
+
+    texts, rest = take_text(overrides)
+    return dataclasses.replace(compose(rest), **texts)
 
 
 def _config(overrides: list[str]) -> int:
+    from plugformer.core.commands.bench import model_label
     from plugformer.core.config import compose_dictconfig, to_yaml
 
-    print(to_yaml(compose_dictconfig(overrides)), end="")
+    texts, overrides = take_text(overrides)
+    cfg = compose_dictconfig(overrides)
+    for key, value in texts.items():
+        cfg[key] = value
+    if cfg.model.path is not None:
+        # the checkpoint at model.path is what loads: name it, and drop the zoo entry's
+        # download source, which composition keeps from the default model but nothing reads
+        cfg.model.name = model_label(cfg.model)
+        cfg.model.source = None
+    print(to_yaml(cfg), end="")
     return 0
 
 
 def _generate(overrides: list[str]) -> int:
-    from plugformer.core.config import compose
     from plugformer.core.engine import Engine
     from plugformer.core.errors import ConfigError
 
-    config = compose(overrides)
+    config = _compose_with_text(overrides)
     if not config.prompt:
         raise ConfigError('prompt: missing value; set it with prompt="..."')
     engine = Engine(config)
     main_rank = engine.parallel.rank == 0  # under torchrun every rank generates, one prints
     try:
-        for delta, _ in engine.stream(engine.encode_prompt(config.prompt)):
+        for delta, _ in engine.stream(prompt_of(config.prompt)):
             if main_rank:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
@@ -84,11 +133,10 @@ def _generate(overrides: list[str]) -> int:
 
 
 def _chat(overrides: list[str]) -> int:
-    from plugformer.core.config import compose
     from plugformer.core.engine import Engine
     from plugformer.core.errors import ConfigError, ValidationError
 
-    config = compose(overrides)
+    config = _compose_with_text(overrides)
     if config.parallel.name != "single":
         raise ConfigError(
             f"chat reads one terminal in one process; with parallel={config.parallel.name} "
@@ -116,7 +164,7 @@ def _chat(overrides: list[str]) -> int:
         messages.append({"role": "user", "content": line})
         reply: list[int] = []
         try:
-            for delta, token in engine.stream(engine.encode_chat(messages)):
+            for delta, token in engine.stream_chat(messages):
                 reply.append(token)
                 sys.stdout.write(delta)
                 sys.stdout.flush()

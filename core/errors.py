@@ -26,9 +26,11 @@ class UnknownNameError(ConfigError, KeyError):
         self.name = name
         self.valid = sorted(valid)
         msg = f"unknown {what} {name!r}"
-        close = difflib.get_close_matches(name, self.valid, n=1)
-        if close:
-            msg += f"; did you mean {close[0]!r}?"
+        close = difflib.get_close_matches(name, self.valid, n=1) if isinstance(name, str) else []
+        # "...; did you mean 'x'? Valid names: a, b" or "unknown ... 'y'. Valid names: a, b":
+        # a sentence ends before the list either way; the list itself is comma-separated, last
+        # (callers split it on ", ", so no closing period)
+        msg += f"; did you mean {close[0]!r}?" if close else "."
         msg += f" Valid names: {', '.join(self.valid) if self.valid else '(none registered)'}"
         super().__init__(msg)
 
@@ -38,6 +40,18 @@ class UnknownNameError(ConfigError, KeyError):
 
 class DuplicateNameError(PlugformerError, ValueError):
     """A plugin tried to register a name that is already taken in that registry."""
+
+
+class DuplicateKnobError(DuplicateNameError):
+    """A sampler declares a knob (a config field) that another registered sampler already
+    declares with a different type or neutral value; the message names both samplers, their
+    plugins and the knob (see :mod:`plugformer.core.interfaces.sampler` for the rule)."""
+
+    def __init__(self, knob: str, sampler: str, other: str, message: str) -> None:
+        self.knob = knob
+        self.sampler = sampler  # the sampler being registered
+        self.other = other  # the registered sampler that declared the knob first
+        super().__init__(message)
 
 
 class PluginError(PlugformerError):
@@ -58,6 +72,15 @@ class ValidationError(PlugformerError, ValueError):
     """A runtime argument (a prompt, a token id, a sampling parameter) is out of range."""
 
     exit_code = 2
+
+
+class SamplerRefusedError(RefusedError, ValidationError):
+    """A sampler refused its knob values (its ``check()`` reasons): ``sampler 'x' refused: ...``,
+    the form of every other kind's refusal, and a :class:`ValidationError` (exit code 2), since
+    the knobs are sampling parameters a user or a request set."""
+
+    def __init__(self, name: str, reasons: list[str]) -> None:
+        super().__init__("sampler", name, reasons)
 
 
 class CheckpointError(PlugformerError, ValueError):

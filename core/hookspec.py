@@ -13,7 +13,7 @@ After loading, ``PluginManager.check_pending()`` runs, so a function named like 
 not exist here (a misspelling) is an error, never silently ignored.
 
 Changing a hook name or signature here changes the contract: bump
-:data:`plugformer.core.CONTRACT_VERSION` and update ``tests/test_contract_surface.py``.
+:data:`plugformer.core.CONTRACT_VERSION` and update ``tests/surface/test_contract_surface.py``.
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def plugformer_engine_ready(engine: Any) -> None:
 
 @hookspec
 def plugformer_generation_done(engine: Any, results: list[Any]) -> None:
-    """Observe the results of one ``engine.generate`` call.
+    """Observe the results of one ``engine.generate`` (or ``chat``) call or ``engine.stream``.
 
     Called once per ``generate`` call, after every sequence has stopped and before the results
-    are returned to the caller.
+    are returned to the caller; once per ``stream``, after its last delta was yielded (a stream
+    the caller abandons early does not call it).
 
     :param engine: the :class:`plugformer.Engine` that generated.
     :param results: the :class:`~plugformer.core.engine.Generation` objects, one per prompt,

@@ -2,16 +2,26 @@
 
 Environment variables:
 
-* ``PLUGFORMER_DISABLE_PLUGIN_AUTOLOAD=1`` — do not load entry-point plugins;
-* ``PLUGFORMER_BLOCK_PLUGINS=a,b`` — block plugins by plugin name or distribution name
-  (added to ``plugins.block`` from the config).
+* ``PLUGFORMER_DISABLE_PLUGIN_AUTOLOAD=1`` — do not load entry-point plugins (``1``, ``true``,
+  ``yes``, any case; ``0``, ``false``, ``no`` or empty load them);
+* ``PLUGFORMER_BLOCK_PLUGINS=a,b`` — block plugins: a comma-separated list (spaces around a
+  name are ignored; no other separator), added to ``plugins.block`` from the config.
+
+A blocked name is a plugin name (an entry point's name, a built-in's module name such as
+``plugformer.plugins.attention.mha``, or the name given to :func:`register`), matched exactly,
+or a distribution name, matched as PEP 503 normalises it (case-insensitive, runs of ``-``,
+``_`` and ``.`` alike: ``My_Plugins`` blocks the distribution ``my-plugins``). A name that
+matches none of them blocks nothing and is a :class:`UserWarning` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
+import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -38,6 +48,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.positional.rope_dynamic",
     "plugformer.plugins.positional.rope_yarn",
     "plugformer.plugins.positional.rope_llama3",
+    "plugformer.plugins.positional.learned",
+    "plugformer.plugins.positional.sinusoidal",
     "plugformer.plugins.mlp.gated",
     "plugformer.plugins.mlp.plain",
     "plugformer.plugins.mlp.moe",
@@ -98,7 +110,33 @@ _cache: dict[tuple[frozenset[str], bool], Plugins] = {}
 
 
 def _env_block() -> set[str]:
+    """The names of ``PLUGFORMER_BLOCK_PLUGINS``: comma-separated, spaces around them ignored."""
     return {n.strip() for n in os.environ.get(ENV_BLOCK, "").split(",") if n.strip()}
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name as PEP 503 compares it: lower case, runs of ``-_.`` as one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _warn_unmatched(blocked: frozenset[str], eps: list[EntryPoint]) -> None:
+    """Warn about each blocked name that matches no plugin and no distribution."""
+    plugins = {*BUILTIN_PLUGINS, *(ep.name for ep in eps), *(n for _, n in _user_plugins)}
+    dists = {dist.name for dist in (getattr(ep, "dist", None) for ep in eps) if dist is not None}
+    normalized = {normalize_distribution(d) for d in dists}
+    from_env = _env_block()
+    for name in sorted(blocked):
+        if name in plugins or normalize_distribution(name) in normalized:
+            continue
+        where = ENV_BLOCK if name in from_env else "plugins.block"
+        msg = f"{where}: {name!r} matches no plugin or distribution, so it blocks nothing"
+        pieces = [piece for piece in re.split(r"[\s;:|]+", name) if piece]
+        close = difflib.get_close_matches(name, sorted(plugins | dists), n=1)
+        if len(pieces) > 1:  # another separator than the comma
+            msg += f"; separate names with commas: {','.join(pieces)}"
+        elif close:
+            msg += f"; did you mean {close[0]!r}?"
+        warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def _env_autoload() -> bool:
@@ -174,10 +212,14 @@ def load_plugins(block: Iterable[str] = (), autoload: bool = True) -> Plugins:
             dataclasses.replace(BUILTIN, plugin=module_name),
         )
 
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    blocked_dists = {normalize_distribution(name) for name in blocked}
     if autoload:
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in eps:
             dist = getattr(ep, "dist", None)
-            if ep.name in blocked or (dist is not None and dist.name in blocked):
+            if ep.name in blocked or (
+                dist is not None and normalize_distribution(dist.name) in blocked_dists
+            ):
                 continue
             obj, source = _load_entry_point(ep)
             _register(plugins, obj, ep.name, source)
@@ -191,11 +233,55 @@ def load_plugins(block: Iterable[str] = (), autoload: bool = True) -> Plugins:
     except pluggy.PluginValidationError as exc:
         plugin = manager.get_name(exc.plugin) or repr(exc.plugin)
         found = dict(plugins.loaded).get(plugin)
-        where = f" ({_describe(found)})" if found is not None else ""
-        raise PluginError(
-            f"plugin {plugin!r}{where} implements an unknown hook: {_one_line(exc)}"
-        ) from exc
+        raise PluginError(_unknown_hooks_message(manager, exc, plugin, found)) from exc
+    _warn_unmatched(blocked, eps)
     return plugins
+
+
+def _unknown_hooks_message(
+    manager: pluggy.PluginManager,
+    exc: pluggy.PluginValidationError,
+    plugin: str,
+    source: Source | None,
+) -> str:
+    """One line for :meth:`pluggy.PluginManager.check_pending`'s error: the plugin, every hook
+    it implements that has no spec, and the closest real hook name for each (or the list)."""
+    specs, unknown = [], []
+    for hook, caller in vars(manager.hook).items():  # as pluggy's check_pending walks them
+        if hook.startswith("_"):
+            continue
+        if caller.has_spec():
+            specs.append(hook)
+        elif any(i.plugin is exc.plugin and not i.optionalhook for i in caller.get_hookimpls()):
+            unknown.append(hook)
+    if not unknown:  # pluggy found something this walk does not: its own words, once
+        return f"plugin {plugin!r}{_where(source)} is invalid: {_one_line(exc)}"
+    specs.sort()
+    unknown.sort()
+    close = {h: _close_hook(h, specs) for h in unknown}
+    if len(unknown) == 1:
+        (hook,) = unknown
+        text = f"implements an unknown hook {hook!r}"
+        text += f"; did you mean {close[hook][0]!r}?" if close[hook] else "."
+    else:
+        named = [f"{h!r} (did you mean {close[h][0]!r}?)" if close[h] else repr(h) for h in unknown]
+        text = f"implements unknown hooks {', '.join(named[:-1])} and {named[-1]}."
+    if not all(close.values()):
+        text += f" The hooks are: {', '.join(specs)}"
+    return f"plugin {plugin!r}{_where(source)} {text}"
+
+
+def _close_hook(hook: str, specs: list[str]) -> list[str]:
+    """The hook spec closest to ``hook`` (``[]`` if none is close), compared without the shared
+    ``plugformer_`` prefix, which would make every name look alike."""
+    prefix = f"{hookspec_module.PROJECT_NAME}_"
+    bare = {spec.removeprefix(prefix): spec for spec in specs}
+    close = difflib.get_close_matches(hook.removeprefix(prefix), list(bare), n=1)
+    return [bare[close[0]]] if close else []
+
+
+def _where(source: Source | None) -> str:
+    return f" ({_describe(source)})" if source is not None else ""
 
 
 def get_plugins(settings: PluginSettings | None = None) -> Plugins:
@@ -220,16 +306,16 @@ def register(plugin: Any, name: str | None = None) -> str:
             if name not in loaded.blocked:
                 _register(loaded, plugin, name, source)
                 done.append(loaded)
-                loaded.manager.check_pending()
-    except (PluginError, pluggy.PluginValidationError) as exc:
+                try:
+                    loaded.manager.check_pending()
+                except pluggy.PluginValidationError as exc:  # worded while still registered
+                    message = _unknown_hooks_message(loaded.manager, exc, name, source)
+                    raise PluginError(message) from exc
+    except PluginError:
         for loaded in done:  # all or nothing: no manager keeps a plugin that failed
             loaded.manager.unregister(plugin)
             loaded.loaded.remove((name, source))
-        if isinstance(exc, PluginError):
-            raise
-        raise PluginError(
-            f"plugin {name!r} (local) implements an unknown hook: {_one_line(exc)}"
-        ) from exc
+        raise
     _user_plugins.append((plugin, name))
     return name
 

@@ -21,6 +21,9 @@ from functools import cache
 
 import torch
 
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.quant import LAYER_CAPABILITIES
+
 #: named resident sizes in MB recorded during loading (``baseline_rss_mb``: right before the
 #: first weight is read); a process-wide record, like the resident set itself
 marks: dict[str, float] = {}
@@ -90,9 +93,9 @@ def weight_bytes(model: torch.nn.Module) -> tuple[int, int]:
     state = [*model.parameters(), *model.buffers()]
     kernels: list[torch.Tensor] = []
     for m in model.modules():
-        held = getattr(type(m), "kernel_tensors", None)
+        held = capability(m, LAYER_CAPABILITIES, "kernel_tensors")
         if callable(held):
-            kernels += held(m)
+            kernels += held()
     total = tensor_bytes([*state, *kernels])
     return total, total - tensor_bytes(state)
 

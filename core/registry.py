@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core.errors import (
     ConfigError,
+    DuplicateKnobError,
     DuplicateNameError,
     PlugformerError,
     RefusedError,
@@ -28,7 +30,7 @@ from plugformer.core.interfaces.norm import NormConfig
 from plugformer.core.interfaces.parallel import ParallelConfig
 from plugformer.core.interfaces.positional import PositionalConfig
 from plugformer.core.interfaces.quant import QuantConfig
-from plugformer.core.interfaces.sampler import SamplerConfig
+from plugformer.core.interfaces.sampler import SamplerConfig, neutral_value
 
 #: Every registry kind and the config base class its entries' configs derive from.
 KINDS: dict[str, type] = {
@@ -74,6 +76,29 @@ class Entry:
     description: str
 
 
+def _type_name(tp: Any) -> str:
+    """A knob's type as written (``float``, ``list[int]``), the same for a resolved annotation
+    and an unresolved string one."""
+    if isinstance(tp, str):
+        return tp
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return repr(tp).replace("typing.", "")
+
+
+def knob_declarations(config: type) -> dict[str, tuple[str, Any]]:
+    """A sampler config's knobs (every field but ``name``): name -> (type, neutral value)."""
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception:  # an annotation naming something not importable here: compare as written
+        hints = {}
+    return {
+        f.name: (_type_name(hints.get(f.name, f.type)), neutral_value(f))
+        for f in dataclasses.fields(config)
+        if f.name != "name"
+    }
+
+
 class Registry:
     """All registries, by kind.
 
@@ -97,6 +122,10 @@ class Registry:
             interface module of the kind for the context arguments.
         :param config: a dataclass deriving from the kind's base config, whose ``name``
             defaults to ``name``. Default: the base config itself.
+
+        A name already taken in ``kind`` is a :class:`DuplicateNameError`; a sampler knob that
+        a registered sampler declares with another type or neutral value is a
+        :class:`DuplicateKnobError` (see :mod:`plugformer.core.interfaces.sampler`).
         """
         if kind not in self._entries:
             raise UnknownNameError("registry kind", kind, KINDS)
@@ -124,12 +153,34 @@ class Registry:
                 f"{kind} {name!r} is already registered by {existing.source.plugin} "
                 f"({existing.source})"
             )
+        if kind == "sampler":
+            self._check_knobs(name, config)
         doc = (getattr(builder, "__doc__", None) or "").strip().splitlines()
         entry = Entry(kind, name, builder, config, self._source, doc[0] if doc else "")
         self._entries[kind][name] = entry
         for listener in self._listeners:
             listener(entry)
         return entry
+
+    def _check_knobs(self, name: str, config: type) -> None:
+        """Refuse a sampler knob that a registered sampler declares with another type or
+        neutral value; an identical redeclaration shares the knob."""
+        mine = knob_declarations(config)
+        for other in self._entries["sampler"].values():
+            for knob, (tp, off) in knob_declarations(other.config).items():
+                if knob not in mine or mine[knob] == (tp, off):
+                    continue
+                my_tp, my_off = mine[knob]
+                raise DuplicateKnobError(
+                    knob,
+                    name,
+                    other.name,
+                    f"sampler {name!r} of {self._source.plugin} ({self._source}) declares knob "
+                    f"{knob!r} as {my_tp} (neutral {my_off!r}), but sampler {other.name!r} of "
+                    f"{other.source.plugin} ({other.source}) already declares it as {tp} "
+                    f"(neutral {off!r}); samplers share a knob only with the same type and "
+                    "neutral value: rename one",
+                )
 
     # -- used by the core -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> Entry:

@@ -14,18 +14,14 @@ from typing import Any
 
 import torch
 
-from plugformer.core.errors import PluginError, ValidationError
-from plugformer.core.interfaces.sampler import Sampler, SamplerConfig, SamplingContext
+from plugformer.core.errors import PluginError, SamplerRefusedError, ValidationError
+from plugformer.core.interfaces.sampler import (
+    Sampler,
+    SamplerConfig,
+    SamplingContext,
+    neutral_value,
+)
 from plugformer.core.registry import Registry
-
-
-def _off_value(f: dataclasses.Field) -> Any:
-    """A knob's neutral value: ``metadata["off"]`` when its default is active, else the default."""
-    if "off" in f.metadata:
-        return f.metadata["off"]
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
 
 
 def _copier(value: Any) -> Any:
@@ -33,14 +29,18 @@ def _copier(value: Any) -> Any:
 
 
 def sampler_knobs(registry: Registry) -> dict[str, tuple[Any, Any, str]]:
-    """Every sampler knob: name -> (type, neutral value, first plugin that declares it)."""
+    """Every sampler knob: name -> (type, neutral value, first plugin that declares it).
+
+    The registry refuses conflicting declarations when a sampler registers
+    (:class:`~plugformer.core.errors.DuplicateKnobError`); the check here guards registries
+    filled some other way."""
     knobs: dict[str, tuple[Any, Any, str]] = {}
     for entry in registry.entries("sampler"):
         hints = typing.get_type_hints(entry.config)
         for f in dataclasses.fields(entry.config):
             if f.name == "name":
                 continue
-            off = _off_value(f)
+            off = neutral_value(f)
             if f.name in knobs:
                 tp, other_off, owner = knobs[f.name]
                 if tp != hints[f.name] or other_off != off:
@@ -107,20 +107,25 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
 
 
 class SamplerChain:
-    """The active samplers for ``params``, in priority order; validated on construction."""
+    """The active samplers for ``params``, in chain order: ascending ``priority``, ties in
+    registry-name order; validated on construction (a sampler whose ``check()`` has reasons
+    raises :class:`~plugformer.core.errors.SamplerRefusedError`)."""
 
     def __init__(self, registry: Registry, params: Any) -> None:
         self.params = params
-        built: list[Sampler] = []
-        for entry in registry.entries("sampler"):
+        built: list[tuple[int, str, Sampler]] = []
+        for entry in registry.entries("sampler"):  # sorted by name
             sampler = entry.builder(params)
             if sampler is None:
                 continue
             reasons = list(sampler.check())
             if reasons:
-                raise ValidationError("; ".join(reasons))
-            built.append(sampler)
-        self.samplers = sorted(built, key=lambda s: s.priority)
+                raise SamplerRefusedError(entry.name, reasons)
+            built.append((sampler.priority, entry.name, sampler))
+        built.sort(key=lambda b: (b[0], b[1]))
+        self.samplers = [sampler for _, _, sampler in built]
+        #: the registry names of :attr:`samplers`, in chain order
+        self.sampler_names = [name for _, name, _ in built]
 
     @property
     def names(self) -> list[str]:

@@ -16,51 +16,73 @@ import torch
 
 from plugformer.core import memory
 from plugformer.core.errors import CheckpointError, ConfigError
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.checkpoint import CAPABILITIES as CHECKPOINT_CAPABILITIES
 from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
-from plugformer.core.interfaces.family import ModelFamily
+from plugformer.core.interfaces.family import CAPABILITIES as FAMILY_CAPABILITIES
+from plugformer.core.interfaces.family import ModelFamily, map_tensor_name
+from plugformer.core.interfaces.quant import LAYER_CAPABILITIES
 from plugformer.core.model.build import component_config
 from plugformer.core.registry import Registry
 
 Take = Callable[[torch.Tensor], torch.Tensor]  # a checkpoint tensor -> one of ours
 
 
-def _format_config(registry: Registry, name: str, options: dict[str, Any]) -> Any:
-    entry = registry.get("checkpoint", name)
-    fields = {f.name for f in dataclasses.fields(entry.config)}
-    return entry.config(**{k: v for k, v in options.items() if k in fields})
+def _format_config(registry: Registry, selected: Any, options: dict[str, Any]) -> Any:
+    """The format's config: ``selected`` (a config, or a registry name for its defaults) with
+    the model-level ``options`` that are switched on and that the format has a field for
+    (``model.allow_pickle=true`` is ``checkpoint.allow_pickle=true``)."""
+    if isinstance(selected, str):
+        selected = registry.get("checkpoint", selected).config()
+    fields = {f.name for f in dataclasses.fields(selected)}
+    return dataclasses.replace(selected, **{k: v for k, v in options.items() if k in fields and v})
 
 
 def open_checkpoint(
-    registry: Registry, path: str, format_name: str | None = None, **options: Any
+    registry: Registry, path: str, selected: Any = None, **options: Any
 ) -> Checkpoint:
-    """Open ``path`` with the named checkpoint format, or the first format that detects it.
-    ``options`` (e.g. ``allow_pickle``) go to the format's config where it has that field."""
+    """Open ``path`` with the ``selected`` checkpoint format (its config, or a registry name),
+    or by detection: every format's ``detect(path)`` confidence, the highest wins (a format
+    that recognises its own layout, 1.0, over the generic ``hf`` directory, 0.5); two formats
+    claiming the path equally are refused, naming both. ``options`` (``allow_pickle``) go to
+    the format's config where it has that field."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"model.path: {str(p)!r} does not exist")
-    if format_name is not None:
+    if selected is not None:
         fmt: CheckpointFormat = registry.build(
-            "checkpoint", _format_config(registry, format_name, options)
+            "checkpoint", _format_config(registry, selected, options)
         )
         return fmt.open(p)
+    claims: list[tuple[float, str, CheckpointFormat]] = []
     for entry in registry.entries("checkpoint"):
         fmt = registry.build("checkpoint", _format_config(registry, entry.name, options))
-        if fmt.detect(p):
-            return fmt.open(p)
-    names = registry.names("checkpoint")
-    raise CheckpointError(
-        f"model.path: no checkpoint format recognises {str(p)!r} "
-        f"(registered formats: {', '.join(names) if names else 'none'})"
-    )
+        confidence = float(fmt.detect(p))  # True counts as 1.0 (contract 1.x formats)
+        if confidence > 0:
+            claims.append((confidence, entry.name, fmt))
+    if not claims:
+        names = registry.names("checkpoint")
+        raise CheckpointError(
+            f"model.path: no checkpoint format recognises {str(p)!r} "
+            f"(registered formats: {', '.join(names) if names else 'none'})"
+        )
+    best = max(c for c, _, _ in claims)
+    top = [(name, fmt) for c, name, fmt in claims if c == best]
+    if len(top) > 1:
+        raise CheckpointError(
+            f"model.path: {str(p)!r} is claimed equally by the checkpoint formats "
+            f"{' and '.join(repr(n) for n, _ in top)}; choose one with checkpoint=<name>"
+        )
+    return top[0][1].open(p)
 
 
-def find_family(
-    registry: Registry, hf_config: dict[str, Any], name: str | None = None
-) -> ModelFamily:
-    """The family named ``name``, or the one whose architectures / model types match."""
-    if name is not None:
-        entry = registry.get("family", name)
-        family: ModelFamily = registry.build("family", entry.config())
+def find_family(registry: Registry, hf_config: dict[str, Any], selected: Any = None) -> ModelFamily:
+    """The ``selected`` family (its config, or a registry name), or the one whose
+    architectures / model types match the checkpoint's config."""
+    if selected is not None:
+        if isinstance(selected, str):
+            selected = registry.get("family", selected).config()
+        family: ModelFamily = registry.build("family", selected)
         return family
     archs = hf_config.get("architectures") or []
     if not isinstance(archs, list):
@@ -77,7 +99,7 @@ def find_family(
     raise ConfigError(
         f"config.json: unknown architecture {archs!r} (model_type {model_type!r}); "
         f"registered families read: {', '.join(known) if known else 'none'}; "
-        "choose one with model.family=<name>"
+        "choose one with family=<name>"
     )
 
 
@@ -101,7 +123,7 @@ def load_weights(
     exact = {
         f"{path}.{n}" if path else n
         for path, module in model.named_modules()
-        for n in getattr(module, "keep_dtype", ())
+        for n in capability(module, LAYER_CAPABILITIES, "keep_dtype")
     }
     tied: dict[str, str] = {}  # alias -> canonical, for parameters shared by two names
     seen: dict[int, str] = {}
@@ -111,8 +133,8 @@ def load_weights(
             tied[name] = seen[ident]
         else:
             seen[ident] = name
-    split = getattr(family, "tensor_parts", None)
-    spec = getattr(model, "spec", None)
+    split = capability(family, FAMILY_CAPABILITIES, "tensor_parts")
+    spec = model.spec
 
     sources: dict[str, tuple[str, Take | None]] = {}  # our name -> (checkpoint name, take)
     unexpected: list[str] = []
@@ -121,7 +143,7 @@ def load_weights(
         parts = split(ck_name, spec) if split is not None else None
         shape, ck_dtype = checkpoint.tensor_info(ck_name)
         if parts is None:
-            ours = family.tensor_name(ck_name)
+            ours = map_tensor_name(family, ck_name, spec, checkpoint.hf_config)
             if ours is None:
                 continue
             parts = [(ours, None)]
@@ -207,14 +229,14 @@ def _read_tensors(
 def _read(checkpoint: Checkpoint, name: str, dtype: torch.dtype) -> torch.Tensor:
     """Checkpoint tensor ``name`` in ``dtype``; read straight into it when the format can (a
     GGUF quantized tensor is dequantized into ``dtype`` without a float32 copy)."""
-    reader = getattr(checkpoint, "tensor_as", None)
+    reader = capability(checkpoint, CHECKPOINT_CAPABILITIES, "tensor_as")
     t: torch.Tensor = reader(name, dtype) if reader is not None else checkpoint.tensor(name)
     return t.to(dtype)
 
 
 def _drop_pages(checkpoint: Checkpoint) -> None:
     """Let a memory-mapped checkpoint drop its resident pages (formats that can)."""
-    drop = getattr(checkpoint, "drop_pages", None)
+    drop = capability(checkpoint, CHECKPOINT_CAPABILITIES, "drop_pages")
     if drop is not None:
         drop()
 

@@ -19,6 +19,9 @@ the ratios are taken in bytes):
   activations);
 * ``peak_over_weights``, ``one_seq_peak_above_baseline_over_weights`` and
   ``peak_above_baseline_over_weights``: ``peak / weights`` and ``(peak - baseline) / weights``.
+
+``model`` is the model loaded (:func:`model_label`): the zoo name, or with ``model.path`` set
+the checkpoint's file or directory name, its path as given in ``model_path``.
 """
 
 from __future__ import annotations
@@ -33,9 +36,19 @@ from typing import Any
 import torch
 
 from plugformer.core import memory
-from plugformer.core.config import Config
+from plugformer.core.config import Config, ModelConfig
 from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.sampling import SamplerChain
+
+
+def model_label(model: ModelConfig) -> str:
+    """The name of the model ``model`` loads: with ``model.path`` set, the checkpoint's file or
+    directory name (``SmolLM2-135M-Instruct.Q4_1.gguf``, ``Qwen2-0.5B``), since the path wins
+    over the zoo entry (whose ``name`` composition leaves at the default); else ``model.name``."""
+    if model.path is None:
+        return model.name
+    path = os.path.abspath(os.path.expanduser(model.path))  # "." and "dir/" have a name too
+    return os.path.basename(path) or path
 
 
 def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch: int = 8) -> dict:
@@ -52,12 +65,14 @@ def run(config: Config, prefill_tokens: int = 512, new_tokens: int = 128, batch:
     baseline = memory.marks.get("baseline_rss_mb", before)  # no checkpoint: before the engine
     vocab = engine.spec.vocab_size
     result: dict[str, Any] = {
-        "model": config.model.name,
+        "model": model_label(config.model),
         "dtype": config.model.dtype,
         "quant": config.quant.name,
         "threads": torch.get_num_threads(),
         "load_s": round(load_s, 2),
     }
+    if config.model.path is not None:
+        result["model_path"] = config.model.path
     ids = torch.randint(0, vocab, (1, prefill_tokens), generator=torch.Generator().manual_seed(0))
     engine.logits(ids[:, :16], last_only=True)  # warm-up
     times = []

@@ -12,6 +12,8 @@ import time
 
 from plugformer.core.commands.options import take_options
 from plugformer.core.errors import ConfigError
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.quant import CAPABILITIES as QUANTIZER_CAPABILITIES
 
 
 def quantize_command(args: list[str]) -> int:
@@ -45,7 +47,7 @@ def quantize_command(args: list[str]) -> int:
     start = time.perf_counter()
     engine = Engine(config)
     total = time.perf_counter() - start
-    seconds = getattr(engine.quantizer, "seconds", None)
+    seconds = capability(engine.quantizer, QUANTIZER_CAPABILITIES, "seconds")
     out = save_quantized(engine, options["output_dir"], fmt)
     took = f"{seconds:.1f} s" if seconds is not None else f"{total:.1f} s with loading"
     print(f"quantized {quantized_summary(engine.model)} in {took}")

@@ -7,6 +7,7 @@ re-exported from :mod:`plugformer.core`, the one place plugin authors import fro
 """
 
 from plugformer.core.interfaces.attention import Attention, AttentionConfig, AttentionDims
+from plugformer.core.interfaces.capability import Capability, capability
 from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointConfig, CheckpointFormat
 from plugformer.core.interfaces.family import (
     FamilyBase,
@@ -23,7 +24,7 @@ from plugformer.core.interfaces.positional import (
     PositionalDims,
     PositionalEncoding,
 )
-from plugformer.core.interfaces.quant import QuantConfig, Quantizer
+from plugformer.core.interfaces.quant import QuantConfig, QuantizedWeights, Quantizer
 from plugformer.core.interfaces.sampler import (
     Sampler,
     SamplerConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "Attention",
     "AttentionConfig",
     "AttentionDims",
+    "Capability",
     "Checkpoint",
     "CheckpointConfig",
     "CheckpointFormat",
@@ -60,6 +62,7 @@ __all__ = [
     "PositionalDims",
     "PositionalEncoding",
     "QuantConfig",
+    "QuantizedWeights",
     "Quantizer",
     "Sampler",
     "SamplerConfig",
@@ -67,6 +70,7 @@ __all__ = [
     "TensorPart",
     "Tokenizer",
     "activation",
+    "capability",
     "expect_shape",
     "generated_slots",
     "knob",

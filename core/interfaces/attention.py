@@ -4,17 +4,8 @@ Projections (q/k/v/o) belong to the decoder; an attention plugin only computes
 ``softmax(q k^T * scale + bias) v`` for its head layout, so swapping attention never touches
 weights.
 
-A kernel may also have a ``window`` attribute (``int | None``, optional: read with ``getattr``):
-a query at position i then sees only keys at positions j with ``i - j < window`` (a sliding
-window, Mistral). The decoder builds that into ``bias`` from positions, with the model's own
-``spec.sliding_window`` (the smaller of the two wins), so it holds through the KV cache and the
-kernel itself needs no window code.
-
-A kernel may also declare ``softmax_attention = True`` (optional, read with ``getattr``): it
-computes exactly ``softmax(q k^T * scale + bias) v`` with ``scale = dims.scale`` and nothing
-else. The decoder may then run float32 CPU decode steps of rotary layers through its fused path
-(:mod:`plugformer.core.model.decode_step`) instead of calling the kernel; a kernel that changes
-the arithmetic (soft-capping, another normalisation) must leave it unset.
+A kernel may declare the optional capabilities of :data:`CAPABILITIES` by setting them as
+attributes (``self.window = 4096``); unset, each has its default.
 """
 
 from __future__ import annotations
@@ -23,6 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from plugformer.core.interfaces.capability import Capability
 
 
 @dataclass
@@ -36,10 +29,11 @@ class AttentionConfig:
 class AttentionDims:
     """The head layout an attention kernel is built for."""
 
-    num_heads: int
+    num_heads: int  # query heads this kernel computes (a rank's share under tensor parallel)
     num_kv_heads: int
     head_dim: int
-    scale: float
+    scale: float  # the softmax scale: the model's attention_scale or 1/sqrt(head_dim)
+    max_seq_len: int = 0  # the context the model runs under (T <= max_seq_len); 0: not given
 
 
 @runtime_checkable
@@ -59,3 +53,22 @@ class Attention(Protocol):
         mask (``-inf`` where a key is hidden, ALiBi terms otherwise). Returns [B, Hq, S, D].
         """
         ...
+
+
+#: Optional capabilities of an attention kernel (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "window": Capability(
+        None,
+        "int | None: a sliding window; a query at position i sees only keys at positions j "
+        "with i - j < window (Mistral). The decoder builds it into the bias from positions, "
+        "with the model's own spec.sliding_window (the smaller wins), so it holds through the "
+        "KV cache and the kernel needs no window code.",
+    ),
+    "softmax_attention": Capability(
+        False,
+        "bool: the kernel computes exactly softmax(q k^T * dims.scale + bias) v and nothing "
+        "else, so float32 CPU decode steps of rotary layers may run through the engine's fused "
+        "path (core/model/decode_step.py) instead of the kernel. A kernel that changes the "
+        "arithmetic (soft-capping, another normalisation) leaves it False.",
+    ),
+}

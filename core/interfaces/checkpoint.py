@@ -1,4 +1,7 @@
-"""The checkpoint-format interface: reads a model's files (HF safetensors, GGUF ...)."""
+"""The checkpoint-format interface: reads a model's files (HF safetensors, GGUF ...).
+
+An opened :class:`Checkpoint` may offer the optional capabilities of :data:`CAPABILITIES`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from plugformer.core.interfaces.capability import Capability
 from plugformer.core.interfaces.tokenizer import Tokenizer
+
+#: ``CheckpointFormat.detect`` confidences: a layout several formats share, and one only this
+#: format has (``True`` counts as :data:`SPECIFIC`, ``False`` as 0).
+GENERIC = 0.5
+SPECIFIC = 1.0
 
 
 @dataclass
@@ -61,10 +70,35 @@ class CheckpointFormat(Protocol):
         """Reasons this format cannot be read here (a missing optional package ...)."""
         ...
 
-    def detect(self, path: Path) -> bool:
-        """Whether ``path`` (a file or a directory) is in this format; must not read much."""
+    def detect(self, path: Path) -> float:
+        """How sure this format is that ``path`` (a file or a directory) is in it, without
+        reading much: 0 (or False) no; :data:`GENERIC` for a layout several formats share (a
+        Hugging Face directory with ``config.json``); :data:`SPECIFIC` (or True) for a layout
+        only this format has (a magic number, its own index or config key). The highest claim
+        wins; two formats claiming a path equally are refused, naming both."""
         ...
 
     def open(self, path: Path) -> Checkpoint:
         """Open ``path``; raises a typed error for anything malformed."""
         ...
+
+
+#: Optional capabilities of an opened checkpoint (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "tensor_as": Capability(
+        None,
+        "method (name, dtype) -> Tensor: the tensor read straight into dtype (a GGUF quantized "
+        "tensor dequantized into bfloat16 without a float32 copy).",
+    ),
+    "drop_pages": Capability(
+        None,
+        "method () -> None: drop the memory-mapped pages already copied out (the loader calls it "
+        "after each tensor, so resident memory stays near one copy of the weights).",
+    ),
+    "quantized_type": Capability(
+        None,
+        "method (name) -> str | None: the block type (Q4_0, Q4_1, Q8_0) of a tensor the format "
+        "can hand out undequantized, else None; with quantized_blocks(name) -> uint8 blocks, "
+        "quant=none runs those tensors quantized.",
+    ),
+}

@@ -1,23 +1,20 @@
 """The model-family interface: maps a Hugging Face ``config.json`` and tensor names onto the
 generic decoder.
 
-A family may also implement ``tensor_parts(hf_name, spec) -> list[TensorPart] | None``
-(optional, looked up with ``getattr``; contract 1.1): for a checkpoint tensor that is not one
-of the decoder's as it stands -- fused q/k/v or gate/up projections, GPT-2's transposed Conv1D
-weights -- the tensors it holds, each as ``(our name, take)`` where ``take`` cuts ours out of the
-checkpoint tensor (slicing, ``view``, ``t()``). ``None`` means "use ``tensor_name``". The loader
-runs every ``take`` on a meta tensor first, so shapes are checked before any data is read, and
-reads each checkpoint tensor once however many parts it has.
+Optional capabilities: :data:`CAPABILITIES` (``tensor_parts`` for fused or re-laid-out tensors).
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from plugformer.core.interfaces.capability import Capability
 from plugformer.core.interfaces.spec import ModelSpec
 
 #: One of our tensors inside a checkpoint tensor: (our parameter name, checkpoint tensor -> ours).
@@ -70,10 +67,60 @@ class ModelFamily(Protocol):
         """The decoder spec for a HF config; raises ConfigError naming a bad key and value."""
         ...
 
-    def tensor_name(self, hf_name: str) -> str | None:
-        """Our parameter name for a HF tensor name (None: the tensor is not used)."""
+    def tensor_name(self, hf_name: str, spec: ModelSpec, hf_config: dict[str, Any]) -> str | None:
+        """Our parameter name for the checkpoint tensor ``hf_name`` (see the naming scheme in
+        :mod:`plugformer.core.interfaces.spec`), given the spec this family made and the
+        checkpoint's HF config. ``None`` means the model deliberately does not use the tensor
+        (a cached rotary table, a stored causal mask): it is skipped. Every other name that
+        is not one of the decoder's fails the load, listed as unexpected, so return a name
+        you do not know unchanged rather than None (contract 1.x's one-argument
+        ``tensor_name(hf_name)`` is still called, with a DeprecationWarning)."""
         ...
 
     def tp_plan(self) -> dict[str, str]:
         """Tensor-parallel plan: module-path glob -> ``colwise`` | ``rowwise`` | ``vocab``."""
         ...
+
+
+#: Optional capabilities of a model family (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "tensor_parts": Capability(
+        None,
+        "method (hf_name, spec) -> list[TensorPart] | None: for a checkpoint tensor that is not "
+        "one of the decoder's as it stands (fused q/k/v or gate/up projections, GPT-2's "
+        "transposed Conv1D weights), the tensors it holds, each as (our name, take) where take "
+        "cuts ours out of the checkpoint tensor (slicing, view, t()); None means use "
+        "tensor_name. The loader runs every take on a meta tensor first, so shapes are checked "
+        "before any data is read, and reads each checkpoint tensor once.",
+    ),
+}
+
+
+def map_tensor_name(
+    family: Any, hf_name: str, spec: ModelSpec, hf_config: dict[str, Any]
+) -> str | None:
+    """``family.tensor_name(hf_name, spec, hf_config)``; a contract 1.x family's
+    ``tensor_name(hf_name)`` is called with the name alone, with a DeprecationWarning."""
+    method = family.tensor_name
+    if _takes_one_argument(method):
+        warnings.warn(
+            f"{type(family).__name__}.tensor_name(hf_name) is the contract 1.x signature; "
+            "2.0 passes (hf_name, spec, hf_config)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        result: str | None = method(hf_name)
+        return result
+    result = method(hf_name, spec, hf_config)
+    return result
+
+
+def _takes_one_argument(method: Any) -> bool:
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 1

@@ -3,6 +3,7 @@
 An MLP plugin owns its weights (they are loaded by name, e.g. ``layers.0.mlp.up.weight``), so
 unlike attention, swapping the MLP of a checkpoint changes which tensors it needs. The model
 names its MLP in its spec (``spec.mlp`` and ``spec.mlp_args``); the decoder builds one per layer.
+Optional capabilities: :data:`CAPABILITIES`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from plugformer.core.interfaces.capability import Capability
 
 
 @dataclass
@@ -44,6 +47,17 @@ class MLP(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, S, hidden] -> [B, S, hidden]."""
         ...
+
+
+#: Optional capabilities of an MLP module (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "fuse_projections": Capability(
+        None,
+        "method () -> bool: join the layers that read the same input (gate and up) into one "
+        "(plugformer.core.model.fuse.concat_linears) and say whether it did; called for "
+        "fuse_projections=true after quantization and parallelism.",
+    ),
+}
 
 
 def _gelu_tanh_formula(x: torch.Tensor) -> torch.Tensor:

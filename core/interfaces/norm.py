@@ -4,10 +4,7 @@ The model names its norm in its spec (``spec.norm`` and ``spec.norm_args``); the
 one for each place that needs one (before attention, before the MLP, after the embedding, at
 the end). A norm owns its weights, loaded by name (``layers.0.attn_norm.weight``).
 
-A norm may declare ``plain_rms = True`` (optional, read with ``getattr``): its forward is
-exactly ``weight * (x * rsqrt(mean(x^2, -1) + eps))`` with attributes ``weight`` and ``eps``.
-The decoder may then normalise float32 CPU decode steps with its fused step
-(:mod:`plugformer.core.model.decode_step`) instead of calling it.
+Optional capabilities: :data:`CAPABILITIES`.
 """
 
 from __future__ import annotations
@@ -16,6 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from plugformer.core.interfaces.capability import Capability
 
 
 @dataclass
@@ -44,3 +43,19 @@ class Norm(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., dim] -> [..., dim], same dtype."""
         ...
+
+
+#: Optional capabilities of a norm module (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "plain_rms": Capability(
+        False,
+        "bool: the forward is exactly weight * (x * rsqrt(mean(x^2, -1) + eps)) with attributes "
+        "weight and eps, so float32 CPU decode steps may normalise through the engine's fused "
+        "step (core/model/decode_step.py) instead of calling the module.",
+    ),
+    "unit_offset": Capability(
+        False,
+        "bool: the weight stores scale - 1 (Gemma's RMSNorm); random initialisation (model=tiny) "
+        "then centres it on 0 instead of 1.",
+    ),
+}

@@ -10,9 +10,7 @@ dotted component) mapped to a style, ``colwise`` (output features split), ``roww
 features split, outputs summed), ``vocab`` (vocabulary split: embedding or head) or
 ``replicate``. A strategy that does not shard tensors ignores it.
 
-Optional attribute: ``attention_heads`` ``(query heads, KV heads)`` that each rank's attention
-kernel sees, when they differ from the model's (tensor parallel); the engine then builds the
-kernel for those counts. Read with ``getattr``.
+Optional capabilities: :data:`CAPABILITIES`.
 """
 
 from __future__ import annotations
@@ -21,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from plugformer.core.interfaces.capability import Capability
 
 STYLES = ("colwise", "rowwise", "vocab", "replicate")
 
@@ -58,3 +58,14 @@ class ParallelStrategy(Protocol):
     def teardown(self) -> None:
         """Leave the process group."""
         ...
+
+
+#: Optional capabilities of a parallel strategy (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "attention_heads": Capability(
+        None,
+        "tuple[int, int] | None: the (query heads, KV heads) each rank's attention kernel "
+        "computes when they differ from the model's (tensor parallel); the engine builds the "
+        "kernel once, for those counts. Known right after construction (from the spec).",
+    ),
+}

@@ -1,4 +1,11 @@
-"""The positional-encoding interface: rotations of q/k (RoPE) and/or additive biases (ALiBi)."""
+"""The positional-encoding interface: rotations of q/k (RoPE), additive attention biases
+(ALiBi), and/or vectors added to the token embeddings (absolute positions: learned as in GPT-2,
+or fixed sinusoids as in Vaswani et al. 2017) through the optional ``embed`` capability.
+
+A positional encoding that owns weights (learned positions) is a ``torch.nn.Module``; the
+decoder registers it once, as ``positional``, so its tensors are named
+``positional.<name>`` (``positional.weight``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from plugformer.core.interfaces.capability import Capability
 
 
 @dataclass
@@ -22,6 +31,7 @@ class PositionalDims:
     num_heads: int
     head_dim: int
     max_seq_len: int
+    hidden_size: int = 0  # width of the token embeddings (for ``embed``); 0: not given
 
 
 @runtime_checkable
@@ -49,3 +59,14 @@ class PositionalEncoding(Protocol):
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """Additive attention bias [B, H, S, T] for q_pos [B, S] and k_pos [B, T], or None."""
         ...
+
+
+#: Optional capabilities of a positional encoding (read with :func:`capability`).
+CAPABILITIES: dict[str, Capability] = {
+    "embed": Capability(
+        None,
+        "method (positions [B, S] int64, >= 0) -> Tensor [B, S, hidden_size]: absolute "
+        "position vectors added to the token embeddings (after embedding_scale, before the "
+        "embedding norm), built for dims.hidden_size.",
+    ),
+}

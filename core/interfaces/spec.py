@@ -1,8 +1,77 @@
-"""The generic decoder's architecture: plain data, validated before anything is built."""
+"""The generic decoder's architecture (:class:`ModelSpec`): plain data, validated before anything
+is built, and the names of the decoder's tensors.
+
+Every model family builds one from a checkpoint's ``config.json`` (``spec_from_hf``); without a
+checkpoint it comes from ``model.spec.*`` (``model=tiny``). The fields:
+
+=====================  ===============  ========  ==============================================
+field                  type             default   meaning (families that set it)
+=====================  ===============  ========  ==============================================
+vocab_size             int              0         token embeddings and logits (all; required)
+hidden_size            int              0         width of the residual stream (all; required)
+num_layers             int              0         decoder blocks, at most 1024 (all; required)
+num_heads              int              0         query heads (all; required)
+num_kv_heads           int | None       None      key/value heads; None: num_heads (Llama-like
+                                                  GQA, Falcon multi-query)
+head_dim               int | None       None      None: hidden_size // num_heads (Gemma sets it)
+intermediate_size      int              0         MLP width, per expert for MoE (all; required)
+max_seq_len            int              2048      context length: KV cache size, position limit
+norm_eps               float            1e-5      added to the variance in every norm
+activation             str              silu      MLP activation, a key of ACTIVATIONS (gelu_tanh:
+                                                  Gemma, gelu_new: GPT-2, gelu_bloom: BLOOM)
+attention_bias         bool             False     biases on q/k/v (Qwen2, GPT-2, BLOOM, Falcon)
+attention_out_bias     bool             False     bias on the output projection (GPT-2, BLOOM)
+mlp_bias               bool             False     biases in the MLP (GPT-2, BLOOM, Falcon)
+parallel_block         bool             False     attention and MLP read the same input (Falcon)
+parallel_mlp_norm      bool             False     parallel blocks: the MLP has its own norm
+                                                  (Falcon 40B+); needs parallel_block
+tie_embeddings         bool             False     the head shares the embedding (SmolLM2, Gemma,
+                                                  GPT-2, BLOOM)
+embedding_norm         bool             False     a norm right after the embedding (BLOOM)
+embedding_scale        float | None     None      multiplies the embeddings (Gemma: sqrt(hidden))
+learned_positions      bool             False     contract 1.x spelling of positional=learned
+                                                  (read as it, with a DeprecationWarning)
+attention_scale        float | None     None      softmax scale; None: 1/sqrt(head_dim)
+sliding_window         int | None       None      a query sees itself and the window - 1 keys
+                                                  before it (Mistral, Qwen2 when enabled)
+attention              str              gqa       attention plugin for ``attention=auto``
+attention_args         dict             {}        its config fields (``window`` ...)
+positional             str              rope      positional plugin for ``positional=auto``
+                                                  (alibi: BLOOM; learned: GPT-2; rope_*: scaled
+                                                  RoPE of Llama 3.1, YaRN, ...)
+positional_args        dict             {}        its config fields (``theta``, ``rotary_dim``)
+mlp                    str              gated     MLP plugin: gated (Llama-like), plain (GPT-2,
+                                                  BLOOM, Falcon), moe (Mixtral)
+mlp_args               dict             {}        its config fields (``num_experts``, ``top_k``)
+norm                   str              rmsnorm   norm plugin: rmsnorm, layernorm (GPT-like)
+norm_args              dict             {}        its config fields (``unit_offset``: Gemma)
+=====================  ===============  ========  ==============================================
+
+The decoder's tensor names (what a family's ``tensor_name`` maps checkpoint names to), for
+layer ``i``; biases are ``.bias`` beside ``.weight`` where the spec has them::
+
+    embed.weight                         [vocab, hidden]
+    positional.<name>                    a positional plugin's own weights (learned: .weight)
+    embed_norm.weight / .bias            embedding_norm
+    layers.{i}.attn_norm.weight / .bias
+    layers.{i}.attn.wq.weight            [num_heads * head_dim, hidden]
+    layers.{i}.attn.wk.weight            [kv_heads * head_dim, hidden]   (and wv)
+    layers.{i}.attn.wo.weight            [hidden, num_heads * head_dim]
+    layers.{i}.mlp_norm.weight / .bias   absent for parallel blocks without parallel_mlp_norm
+    layers.{i}.mlp.<the MLP plugin's>    gated: gate, up, down; plain: up, down;
+                                         moe: router, experts.{e}.gate / up / down
+    norm.weight / .bias                  the final norm
+    head.weight                          [vocab, hidden]; not in the checkpoint when tied
+
+A quantized linear layer (GPTQ layout) has ``.qweight``, ``.qzeros`` (or ``.offsets``),
+``.scales`` and ``.g_idx`` in place of ``.weight``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +103,9 @@ class ModelSpec:
     tie_embeddings: bool = False
     embedding_norm: bool = False  # a norm right after the embedding (BLOOM)
     embedding_scale: float | None = None  # multiply the embedding output (Gemma: sqrt(hidden))
-    learned_positions: bool = False  # add a learned absolute position embedding (GPT-2)
+    # contract 1.x: learned absolute positions; 2.0 spells it positional="learned" (the
+    # positional plugin owns the weight, positional.weight); true is read as that, with a warning
+    learned_positions: bool = False
     attention_scale: float | None = None  # None: 1/sqrt(head_dim)
     # a query sees itself and the sliding_window - 1 keys before it (Mistral); None: all
     sliding_window: int | None = None
@@ -59,6 +130,24 @@ class ModelSpec:
         if self.head_dim is not None:
             return self.head_dim
         return self.hidden_size // self.num_heads
+
+    def upgraded(self, where: str = "model.spec") -> ModelSpec:
+        """This spec with contract 1.x fields in their 2.0 form: ``learned_positions: true``
+        becomes ``positional: learned`` (a DeprecationWarning says so)."""
+        if not self.learned_positions:
+            return self
+        if self.positional not in ("none", "learned"):
+            raise ConfigError(
+                f"{where}.learned_positions: true cannot combine with {where}.positional="
+                f"{self.positional}; learned positions are {where}.positional=learned"
+            )
+        warnings.warn(
+            f"{where}.learned_positions is deprecated (contract 2.0): use "
+            f"{where}.positional=learned",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return dataclasses.replace(self, positional="learned", learned_positions=False)
 
     def validate(self, where: str = "model", names: dict[str, str] | None = None) -> None:
         """Raise :class:`ConfigError` naming the first bad key (``where.<key>``; ``names``

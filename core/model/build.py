@@ -1,8 +1,7 @@
 """The decoder's registry-made parts: the MLP and norm a spec names, as factories.
 
 The decoder never imports a plugin. Whoever builds it (the engine) resolves the parts through
-its registry with :func:`build_parts` and passes them in; a decoder built without parts
-resolves them through the default plugin set (:func:`default_parts`).
+its registry with :func:`build_parts` and passes them in.
 """
 
 from __future__ import annotations
@@ -96,10 +95,3 @@ def on_meta() -> Iterator[None]:
 
 def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return tensor
-
-
-def default_parts(spec: ModelSpec) -> Parts:
-    """The parts of ``spec`` from the default plugin set (built-ins and installed plugins)."""
-    from plugformer.core.loader import get_plugins  # the loader imports the registry's users
-
-    return build_parts(get_plugins().registry, spec)

@@ -18,7 +18,8 @@ its ordinary path, which stays the reference:
   it off).
 
 The keys written to the cache are bit-equal to the ordinary path's; the attention itself sums
-in its own order (logits within a few float32 ulps, greedy tokens equal: tests/test_native.py).
+in its own order (logits within a few float32 ulps, greedy tokens equal:
+tests/quant/test_native.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any
 
 import torch
 
+from plugformer.core.interfaces.attention import CAPABILITIES as ATTENTION_CAPABILITIES
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.norm import CAPABILITIES as NORM_CAPABILITIES
 from plugformer.core.model.kv_cache import KVCache
 from plugformer.core.model.rotary import Rotary
 from plugformer.core.native import build as native
@@ -40,7 +44,7 @@ def supported(positional: Any, kernel: Any) -> bool:
         isinstance(positional, Rotary)
         and type(positional).rotate is Rotary.rotate
         and not positional.config.interleaved
-        and getattr(kernel, "softmax_attention", False) is True
+        and capability(kernel, ATTENTION_CAPABILITIES, "softmax_attention") is True
         and native.available()
     )
 
@@ -99,9 +103,9 @@ class DecodeAttention:
 def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor | None:
     """``norm(x)`` for one decode step [B, 1, dim] in one C call when ``norm`` declares
     ``plain_rms`` (:mod:`plugformer.core.interfaces.norm`), x is float32 on the CPU and
-    contiguous, no autograd is recording and the native library is available; None otherwise. The sum of
-    squares runs in its own order (a few float32 ulps from torch's)."""
-    if not getattr(norm, "plain_rms", False) or x.dtype != torch.float32:
+    contiguous, no autograd is recording and the native library is available; None otherwise.
+    The sum of squares runs in its own order (a few float32 ulps from torch's)."""
+    if not capability(norm, NORM_CAPABILITIES, "plain_rms") or x.dtype != torch.float32:
         return None
     w = norm.weight
     if w.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled():
@@ -114,3 +118,19 @@ def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor | None:
         x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // dim, dim, norm.eps
     )
     return y
+
+
+class NativeDecodePath:
+    """The fused steps above as a decoder's fast path
+    (:class:`plugformer.core.model.decoder.FastPath`); the engine hands it to the decoders it
+    builds."""
+
+    def attention(self, attn: Any) -> DecodeAttention | None:
+        """The step for a :class:`~plugformer.core.model.decoder.SelfAttention` computing all of
+        its model's heads with a supported positional encoding and kernel, else None."""
+        if attn.head_range is not None or not supported(attn.positional, attn.kernel):
+            return None
+        return DecodeAttention(attn.num_heads, attn.num_kv_heads, attn.head_dim, attn.scale)
+
+    def norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor | None:
+        return rms_norm(norm, x)

@@ -10,26 +10,49 @@ Sliding windows: a key at position j is visible to a query at position i when
 checkpoint) or the attention kernel's (an optional ``window`` attribute, e.g.
 ``attention.sliding_window``), the smaller when both are set. It is part of the mask built from
 positions in :meth:`Decoder.context`, so it holds through the KV cache too.
+
+Fast paths: whoever builds the decoder may hand in a :class:`FastPath` (the engine passes the
+native fused decode steps of :mod:`plugformer.core.model.decode_step`); each of its steps says
+None where it does not apply, and the plain torch path below stays the reference.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from plugformer.core.interfaces.attention import CAPABILITIES as ATTENTION_CAPABILITIES
 from plugformer.core.interfaces.attention import Attention
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.norm import CAPABILITIES as NORM_CAPABILITIES
+from plugformer.core.interfaces.positional import CAPABILITIES as POSITIONAL_CAPABILITIES
 from plugformer.core.interfaces.positional import PositionalEncoding
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.build import Parts, default_parts
-from plugformer.core.model.decode_step import DecodeAttention
-from plugformer.core.model.decode_step import rms_norm as decode_rms_norm
-from plugformer.core.model.decode_step import supported as decode_supported
+from plugformer.core.model.build import Parts, on_meta
 from plugformer.core.model.fuse import concat_linears
 from plugformer.core.model.kv_cache import CacheRows, KVCache
+
+#: one layer's fused decode step: (q, k, v, positional state, cache, layer, bias) -> the
+#: attention output [B, 1, Hq * D], or None when it does not apply to this call
+AttentionStep = Callable[..., torch.Tensor | None]
+
+
+class FastPath(Protocol):
+    """Fused steps a decoder may use instead of its plain torch ops (handed in by its builder)."""
+
+    def attention(self, attn: SelfAttention) -> AttentionStep | None:
+        """The fused decode step for this layer, or None when it can never apply (decided
+        once per layer, on first use)."""
+        ...
+
+    def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """``norm(x)`` for one decode step x [B, 1, dim], or None when it does not apply."""
+        ...
 
 
 @dataclass
@@ -45,31 +68,55 @@ class ForwardContext:
 class SelfAttention(nn.Module):
     """q/k/v/o projections around a plugin attention kernel.
 
-    ``head_range`` (set by tensor parallelism) is the slice of the model's query heads this
-    module computes; a per-head positional bias (ALiBi) is cut to it.
+    ``head_range`` is the slice of the model's query heads this module computes, over
+    ``kv_heads`` KV heads (tensor parallelism swaps in such a module, :meth:`for_heads`); a
+    per-head positional bias (ALiBi) is cut to it. None: all of them.
     """
 
+    positional: PositionalEncoding  # the decoder's, shared (not registered here)
+
     def __init__(
-        self, spec: ModelSpec, layer: int, kernel: Attention, positional: PositionalEncoding
+        self,
+        spec: ModelSpec,
+        layer: int,
+        kernel: Attention,
+        positional: PositionalEncoding,
+        fast: FastPath | None = None,
+        head_range: tuple[int, int] | None = None,
+        kv_heads: int | None = None,
     ) -> None:
         super().__init__()
+        self.spec = spec
         self.layer = layer
         self.kernel = kernel
-        self.positional = positional
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            spec.num_heads,
-            spec.kv_heads,
-            spec.dim_per_head,
-        )
+        # owned (registered) by the decoder: set without registering here, so a positional
+        # encoding with weights (learned positions) has one name, ``positional.<name>``
+        object.__setattr__(self, "positional", positional)
+        self.fast = fast
+        self.scale = default_scale(spec)  # the kernel's dims.scale (the engine builds it so)
+        self.head_range = head_range
+        self.num_heads = spec.num_heads if head_range is None else head_range[1] - head_range[0]
+        self.num_kv_heads = spec.kv_heads if kv_heads is None else kv_heads
+        self.head_dim = spec.dim_per_head
         h, bias = spec.hidden_size, spec.attention_bias
         self.wq = nn.Linear(h, self.num_heads * self.head_dim, bias=bias)
         self.wk = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.wv = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=bias)
         self.wo = nn.Linear(self.num_heads * self.head_dim, h, bias=spec.attention_out_bias)
-        self.head_range: tuple[int, int] | None = None
         self.wqkv: nn.Module | None = None  # set by fuse_projections()
         self.qkv_sizes: tuple[int, int, int] = (0, 0, 0)
-        self._decode: DecodeAttention | bool | None = False  # False: not decided yet
+        self._decode: AttentionStep | bool | None = False  # False: not decided yet
+
+    def for_heads(self, head_range: tuple[int, int], kv_heads: int) -> SelfAttention:
+        """This layer computing query heads ``head_range`` over ``kv_heads`` KV heads (tensor
+        parallel): a new module with the same kernel, positional encoding and projection
+        modules (the caller then cuts those to the heads), to swap in for this one."""
+        with on_meta():  # its own projections are replaced right away
+            new = SelfAttention(
+                self.spec, self.layer, self.kernel, self.positional, self.fast, head_range, kv_heads
+            )
+        new.wq, new.wk, new.wv, new.wo = self.wq, self.wk, self.wv, self.wo
+        return new
 
     def fuse_projections(self) -> bool:
         """Replace wq, wk, wv by one layer (see :mod:`plugformer.core.model.fuse`)."""
@@ -82,18 +129,12 @@ class SelfAttention(nn.Module):
         del self.wq, self.wk, self.wv
         return True
 
-    def decode_step(self) -> DecodeAttention | None:
-        """The fused float32 CPU decode step for this layer, or None when it cannot apply
-        (:mod:`plugformer.core.model.decode_step`); decided on first use."""
+    def decode_step(self) -> AttentionStep | None:
+        """The fast path's fused decode step for this layer, or None when there is none;
+        decided on first use."""
         if self._decode is False:
-            scale = getattr(getattr(self.kernel, "dims", None), "scale", None)
-            ok = self.head_range is None and isinstance(scale, float)
-            self._decode = (
-                DecodeAttention(self.num_heads, self.num_kv_heads, self.head_dim, scale)
-                if ok and decode_supported(self.positional, self.kernel)
-                else None
-            )
-        return self._decode if isinstance(self._decode, DecodeAttention) else None
+            self._decode = self.fast.attention(self) if self.fast is not None else None
+        return self._decode if callable(self._decode) else None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, s, _ = x.shape  # x: [B, S, hidden]
@@ -134,30 +175,32 @@ class Block(nn.Module):
         kernel: Attention,
         positional: PositionalEncoding,
         parts: Parts,
+        fast: FastPath | None = None,
     ) -> None:
         super().__init__()
         self.parallel = spec.parallel_block
+        self.fast = fast
         self.attn_norm = parts.norm(spec.hidden_size)
-        self.attn = SelfAttention(spec, layer, kernel, positional)
+        self.attn = SelfAttention(spec, layer, kernel, positional, fast)
         own_mlp_norm = not spec.parallel_block or spec.parallel_mlp_norm
         self.mlp_norm = parts.norm(spec.hidden_size) if own_mlp_norm else None
         self.mlp = parts.mlp()
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         # x: [B, S, hidden]
-        h = _norm(self.attn_norm, x)
+        h = _norm(self.attn_norm, x, self.fast)
         if self.parallel:
-            m = _norm(self.mlp_norm, x) if self.mlp_norm is not None else h
+            m = _norm(self.mlp_norm, x, self.fast) if self.mlp_norm is not None else h
             return x + (self.attn(h, ctx) + self.mlp(m))  # Falcon / GPT-J summation order
         x = x + self.attn(h, ctx)
         assert self.mlp_norm is not None
-        return x + self.mlp(_norm(self.mlp_norm, x))
+        return x + self.mlp(_norm(self.mlp_norm, x, self.fast))
 
 
-def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``; a decode step (one token) of a plain RMSNorm in one fused call."""
-    if x.shape[1] == 1:
-        fused = decode_rms_norm(norm, x)
+def _norm(norm: nn.Module, x: torch.Tensor, fast: FastPath | None) -> torch.Tensor:
+    """``norm(x)``; a decode step (one token) through the fast path's fused norm if it has one."""
+    if fast is not None and x.shape[1] == 1:
+        fused = fast.norm(norm, x)
         if fused is not None:
             return fused
     return norm(x)
@@ -166,8 +209,8 @@ def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Decoder(nn.Module):
     """A decoder-only transformer assembled from a :class:`ModelSpec` and plugin parts.
 
-    ``parts`` makes the MLPs and norms (see :func:`plugformer.core.model.build.build_parts`);
-    None resolves them from ``spec.mlp`` / ``spec.norm`` through the default plugin set.
+    ``parts`` makes the MLPs and norms (see :func:`plugformer.core.model.build.build_parts`,
+    which resolves them through a registry); ``fast`` is an optional :class:`FastPath`.
     """
 
     def __init__(
@@ -175,22 +218,21 @@ class Decoder(nn.Module):
         spec: ModelSpec,
         kernel: Attention,
         positional: PositionalEncoding,
-        parts: Parts | None = None,
+        parts: Parts,
+        fast: FastPath | None = None,
     ) -> None:
         super().__init__()
         spec.validate()
-        parts = parts or default_parts(spec)
         self.spec = spec
         self.positional = positional
-        windows = [w for w in (spec.sliding_window, getattr(kernel, "window", None)) if w]
+        self.fast = fast
+        kernel_window = capability(kernel, ATTENTION_CAPABILITIES, "window")
+        windows = [w for w in (spec.sliding_window, kernel_window) if w]
         self.window: int | None = min(windows) if windows else None
         self.embed: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.pos_embed = (
-            nn.Embedding(spec.max_seq_len, spec.hidden_size) if spec.learned_positions else None
-        )
         self.embed_norm = parts.norm(spec.hidden_size) if spec.embedding_norm else None
         self.layers = nn.ModuleList(
-            Block(spec, i, kernel, positional, parts) for i in range(spec.num_layers)
+            Block(spec, i, kernel, positional, parts, fast) for i in range(spec.num_layers)
         )
         self.norm: nn.Module | None = parts.norm(spec.hidden_size)
         self.head: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
@@ -204,19 +246,15 @@ class Decoder(nn.Module):
                 module.weight.data.normal_(0.0, std, generator=generator)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.data.normal_(0.0, std, generator=generator)
+        if isinstance(self.positional, nn.Module):  # learned positions, like the embeddings
+            for p in self.positional.parameters():
+                p.data.normal_(0.0, std, generator=generator)
         for name, module in self.named_modules():
             if (name.endswith("_norm") or name == "norm") and hasattr(module, "weight"):
                 # scales near one; a norm storing its scale as an offset from one (Gemma's
                 # RMSNorm, ``unit_offset``) near zero
-                centre = 0.0 if getattr(module, "unit_offset", False) else 1.0
+                centre = 0.0 if capability(module, NORM_CAPABILITIES, "unit_offset") else 1.0
                 module.weight.data.normal_(centre, 0.1, generator=generator)
-
-    def set_kernel(self, kernel: Attention) -> None:
-        """Run every layer's attention with ``kernel`` (e.g. one built for a rank's heads)."""
-        for block in self.layers:
-            assert isinstance(block, Block)
-            block.attn.kernel = kernel
-            block.attn._decode = False  # decided again for the new kernel
 
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         assert self.embed is not None
@@ -224,8 +262,9 @@ class Decoder(nn.Module):
         if self.spec.embedding_scale is not None:
             # as Gemma: the scale as a float32 tensor cast to the weights' dtype
             h = h * torch.tensor(self.spec.embedding_scale).to(h.dtype)
-        if self.pos_embed is not None:
-            h = h + self.pos_embed(positions.clamp(min=0))  # padding may sit at position -1
+        absolute = capability(self.positional, POSITIONAL_CAPABILITIES, "embed")
+        if absolute is not None:  # learned or fixed absolute positions (GPT-2, sinusoidal)
+            h = h + absolute(positions.clamp(min=0)).to(h.dtype)  # padding may sit at -1
         if self.embed_norm is not None:
             h = self.embed_norm(h)
         return h
@@ -269,7 +308,7 @@ class Decoder(nn.Module):
         """Final norm and head: hidden states [B, S, hidden] -> logits [B, S, vocab] (each
         passed through when absent)."""
         if self.norm is not None:
-            h = _norm(self.norm, h)
+            h = _norm(self.norm, h, self.fast)
         return self.head(h) if self.head is not None else h
 
     def forward(

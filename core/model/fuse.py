@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.mlp import CAPABILITIES as MLP_CAPABILITIES
 from plugformer.core.memory import release_free_memory
 from plugformer.core.quant.linear import QuantLinear
 
@@ -82,7 +84,11 @@ def fuse_projections(model: nn.Module) -> int:
     count = 0
     # only the fusing modules are listed: a list of every module would keep the unfused
     # layers alive until the end (one full copy of the projections)
-    owners = [fn for m in model.modules() if callable(fn := getattr(m, "fuse_projections", None))]
+    owners = [
+        fn
+        for m in model.modules()
+        if callable(fn := capability(m, MLP_CAPABILITIES, "fuse_projections"))
+    ]  # MLP plugins that declare it and the decoder's own attention layers
     for fuse in owners:
         if fuse():
             count += 1

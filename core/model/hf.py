@@ -3,7 +3,8 @@
 Family plugins import only the core, so the pieces several of them need live here: typed values
 that name their key, the RoPE settings of both config layouts (routed to the positional plugins
 by name), the Llama-shaped fields most decoder families share, their tensor names, and the
-tensor-parallel plan of the generic decoder.
+tensor-parallel plan of the generic decoder. The family bases built from them (Llama-shaped,
+GPT-shaped) are in :mod:`plugformer.core.model.families`.
 """
 
 from __future__ import annotations

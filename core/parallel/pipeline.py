@@ -87,7 +87,7 @@ class PipelineStage(nn.Module):
         model.layers = nn.ModuleList(list(model.layers)[start:stop])
         self.first, self.last = rank == 0, rank == stages - 1
         if not self.first:
-            model.embed, model.pos_embed, model.embed_norm = None, None, None
+            model.embed, model.embed_norm = None, None
         if not self.last:
             model.norm, model.head = None, None
         self.model = model

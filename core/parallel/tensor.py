@@ -254,8 +254,8 @@ def _shard_vocab(model: nn.Module, path: str, m: nn.Module, rank: int, n: int) -
 
 
 def _attention_heads(model: nn.Module, spec: ModelSpec, rank: int, n: int) -> dict[str, Range]:
-    """Set each attention module's query-head range for ``rank``; returns the output-feature
-    ranges of its key and value projections (KV heads split or replicated)."""
+    """Swap each attention module for one computing ``rank``'s query heads; returns the
+    output-feature ranges of its key and value projections (KV heads split or replicated)."""
     hq, hkv, d = spec.num_heads, spec.kv_heads, spec.dim_per_head
     q_local = hq // n
     if hkv >= n:
@@ -264,10 +264,9 @@ def _attention_heads(model: nn.Module, spec: ModelSpec, rank: int, n: int) -> di
         k0 = rank // (n // hkv)
         k1 = k0 + 1
     ranges: dict[str, Range] = {}
-    for path, m in model.named_modules():
+    for path, m in list(model.named_modules()):
         if isinstance(m, SelfAttention):
-            m.head_range = (rank * q_local, (rank + 1) * q_local)
-            m.num_heads, m.num_kv_heads = q_local, k1 - k0
+            swap_module(model, path, m.for_heads((rank * q_local, (rank + 1) * q_local), k1 - k0))
             prefix = f"{path}." if path else ""
             ranges[prefix + "wk"] = ranges[prefix + "wv"] = (k0 * d, k1 * d)
     return ranges

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from plugformer.core.errors import ConfigError
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.quant import CAPABILITIES as QUANTIZER_CAPABILITIES
 from plugformer.core.progress import Progress
 from plugformer.core.quant.linear import QuantLinear, layout_problems, swap_module
 from plugformer.core.quant.pack import SUPPORTED_BITS
@@ -131,8 +133,8 @@ def calibration_samples(
 
 
 def calibration_for(quantizer: Any, tokenizer: Any, spec: Any) -> list[torch.Tensor] | None:
-    """The calibration a quantizer asks for (its ``calibration`` attribute), else None."""
-    request = getattr(quantizer, "calibration", None)
+    """The calibration a quantizer asks for (its ``calibration`` capability), else None."""
+    request = capability(quantizer, QUANTIZER_CAPABILITIES, "calibration")
     if not isinstance(request, CalibrationRequest):
         return None
     if tokenizer is None:

@@ -1,5 +1,6 @@
-"""The forward kernels of :class:`~plugformer.core.quant.linear.QuantLinear`, chosen per input
-device and dtype (see :mod:`plugformer.core.quant.linear` for the measurements behind the choice).
+"""The forward kernels of quantized layers, chosen per input device and dtype (see
+:mod:`plugformer.core.quant.linear` for the measurements behind the choice). A kernel reads its
+layer as a :class:`~plugformer.core.quant.layout.QuantLayout` (plain tensors and sizes).
 
 * ``native``: plugformer's own CPU kernel (:mod:`plugformer.core.native.build`, AVX-512 VNNI):
   4- or 8-bit weights in groups of a multiple of 32, activations quantized per 32 features to
@@ -18,16 +19,13 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from plugformer.core.native import build as native
+from plugformer.core.quant.layout import QuantLayout
 from plugformer.core.quant.pack import pack, unpack
-
-if TYPE_CHECKING:
-    from plugformer.core.quant.linear import QuantLinear
 
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes torch's int4 CPU op accepts
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -55,7 +53,7 @@ class Kernel:
         return self.fn(x)
 
 
-def _contiguous_groups(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+def _contiguous_groups(m: QuantLayout) -> tuple[torch.Tensor | None, int] | None:
     """(permutation of the input features that makes groups contiguous, or None when they
     already are; the group size) or None when groups are not of equal size."""
     k = m.in_features
@@ -72,7 +70,7 @@ def _contiguous_groups(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None
     return (perm, gs) if torch.equal(g[perm], expected) else None
 
 
-def int4_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+def int4_plan(m: QuantLayout) -> tuple[torch.Tensor | None, int] | None:
     """How torch's int4 CPU op can run this layer: (input permutation, op group size)."""
     if m.bits != 4 or m.out_features % 16:
         return None
@@ -86,7 +84,7 @@ def int4_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
 
 
 def _with_bias(
-    fn: Forward, m: QuantLinear, dtype: torch.dtype, held: tuple[torch.Tensor | None, ...]
+    fn: Forward, m: QuantLayout, dtype: torch.dtype, held: tuple[torch.Tensor | None, ...]
 ) -> Kernel:
     bias = None if m.bias is None else m.bias.to(dtype)
     out_features = m.out_features
@@ -98,7 +96,7 @@ def _with_bias(
     return Kernel(run, (*held, bias))
 
 
-def _int4_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
+def _int4_kernel(m: QuantLayout, dtype: torch.dtype) -> Kernel:
     plan = int4_plan(m)
     assert plan is not None
     perm, gs = plan
@@ -122,11 +120,11 @@ def _int4_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
     return _with_bias(mm, m, dtype, (packed, scale_zero, perm))
 
 
-def int8_ok(m: QuantLinear) -> bool:
+def int8_ok(m: QuantLayout) -> bool:
     return m.bits == 8 and m.groups == 1 and m.in_features % 16 == 0
 
 
-def int8_weights(m: QuantLinear) -> torch.Tensor:
+def int8_weights(m: QuantLayout) -> torch.Tensor:
     """``q - 128`` as int8 [out, in] for an 8-bit layer, read from the bytes of ``qweight``
     (four values per int32 word, the first in the lowest byte) without an int32 [in, out]
     intermediate: a 49152-row head needs 56 MB of temporaries instead of 250 MB."""
@@ -138,7 +136,7 @@ def int8_weights(m: QuantLinear) -> torch.Tensor:
     return torch.bitwise_xor(b, 0x80).view(torch.int8)  # q - 128
 
 
-def _int8_kernel(m: QuantLinear, dtype: torch.dtype) -> Kernel:
+def _int8_kernel(m: QuantLayout, dtype: torch.dtype) -> Kernel:
     w8 = int8_weights(m)  # [out, in]
     s, o = m.scales_offsets()
     scale = s[0].to(dtype)
@@ -156,7 +154,7 @@ NATIVE_BITS = (4, 8)
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def native_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
+def native_plan(m: QuantLayout) -> tuple[torch.Tensor | None, int] | None:
     """How the native kernel can run this layer: (input permutation, group size), or None
     (it needs 4 or 8 bits, ``in_features % 32 == 0`` and equal groups of a multiple of 32)."""
     if m.bits not in NATIVE_BITS or m.in_features % 32:
@@ -171,7 +169,7 @@ def native_plan(m: QuantLinear) -> tuple[torch.Tensor | None, int] | None:
 PACK_ROWS = 4096
 
 
-def _unsigned_rows(m: QuantLinear, r0: int, r1: int) -> torch.Tensor:
+def _unsigned_rows(m: QuantLayout, r0: int, r1: int) -> torch.Tensor:
     """The integer weights of output rows r0..r1-1 as uint8 [r1 - r0, in]."""
     words = m.qweight[:, r0:r1]  # [in * bits / 32, rows]
     if m.bits == 8 and sys.byteorder == "little":  # the bytes are the values: no unpacking
@@ -180,7 +178,7 @@ def _unsigned_rows(m: QuantLinear, r0: int, r1: int) -> torch.Tensor:
     return unpack(words, m.bits, dim=0).t().to(torch.uint8)
 
 
-def native_arrays(m: QuantLinear) -> dict[str, torch.Tensor | None]:
+def native_arrays(m: QuantLayout) -> dict[str, torch.Tensor | None]:
     """``m``'s weights in the native kernel's layout (core/native/qmatmul.c): tiles of 16 output
     rows holding 4 input features per row and int32 lane, scales and offsets per tile. Packed
     :data:`PACK_ROWS` rows at a time."""
@@ -242,7 +240,7 @@ def native_qweight(
     return pack(q.t(), bits, dim=0)
 
 
-def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -> Kernel:
+def _native_kernel(m: QuantLayout, dtype: torch.dtype, portable: bool = False) -> Kernel:
     lib = native.load(portable)
     arrays = native_arrays(m)
     w, s, o, bias, perm = (arrays[name] for name in ("w", "s", "o", "bias", "perm"))
@@ -286,7 +284,7 @@ def _native_kernel(m: QuantLinear, dtype: torch.dtype, portable: bool = False) -
 
 
 def make_kernel(
-    m: QuantLinear, device: torch.device, dtype: torch.dtype, backend: str
+    m: QuantLayout, device: torch.device, dtype: torch.dtype, backend: str
 ) -> tuple[str, Kernel]:
     """(backend, function computing ``m``'s forward for inputs on ``device`` in ``dtype``)."""
     fast_cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)

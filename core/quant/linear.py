@@ -48,16 +48,18 @@ import torch
 from torch import nn
 
 from plugformer.core.errors import ConfigError
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.quant import LAYER_CAPABILITIES, QuantizedWeights
 from plugformer.core.memory import release_free_memory
 from plugformer.core.native import build as native
 from plugformer.core.quant.kernels import Kernel, make_kernel
-from plugformer.core.quant.pack import SUPPORTED_BITS, gptq_v1_zero_points, pack, run_length, unpack
+from plugformer.core.quant.layout import ZERO_FORMATS, group_count, layout_problems
+from plugformer.core.quant.pack import gptq_v1_zero_points, pack, unpack
 
 BACKENDS = (
     "auto", "dequant", "reference", "native", "native_portable", "torch_int4", "torch_int8",
     "triton",
 )  # fmt: skip
-ZERO_FORMATS = ("gptq", "gptq_v2", "float")
 
 
 def linear_kernel_problems(name: str, device: torch.device) -> None:
@@ -70,28 +72,6 @@ def linear_kernel_problems(name: str, device: torch.device) -> None:
         reason = native.unavailable_reason() if device.type == "cpu" else f"on {device}"
         if reason is not None:
             raise ConfigError(f"linear_kernel=native cannot run: {reason}")
-
-
-def layout_problems(in_features: int, out_features: int, bits: int, group_size: int) -> list[str]:
-    """Why a linear of these sizes cannot be stored in the GPTQ layout (empty when it can)."""
-    if bits not in SUPPORTED_BITS:
-        return [f"bits={bits} is not supported (supported: 2, 3, 4, 8)"]
-    problems = []
-    if group_size != -1 and (group_size <= 0 or in_features % group_size):
-        problems.append(
-            f"group_size={group_size} does not divide in_features={in_features}"
-            if group_size > 0
-            else f"group_size={group_size} must be positive or -1"
-        )
-    run = run_length(bits)
-    for what, n in (("in_features", in_features), ("out_features", out_features)):
-        if n % run:
-            problems.append(f"{what}={n} is not a multiple of {run} ({bits}-bit packing)")
-    return problems
-
-
-def group_count(in_features: int, group_size: int) -> int:
-    return 1 if group_size == -1 else in_features // group_size
 
 
 class QuantLinear(nn.Module):
@@ -187,6 +167,17 @@ class QuantLinear(nn.Module):
         if bias is not None:
             m.bias = bias.detach().clone()
         return m
+
+    @classmethod
+    def from_weights(cls, w: QuantizedWeights) -> QuantLinear:
+        """The layer holding a :class:`~plugformer.core.interfaces.quant.QuantizedWeights`
+        (what a third-party quantized layer's ``quantized_weights()`` returns)."""
+        g = w.g_idx
+        desc_act = g is not None and g.numel() > 1 and bool((g[1:] < g[:-1]).any())
+        return cls.from_ints(
+            w.q, w.scales, w.zeros, g, w.bits, w.group_size, w.bias,
+            sym=w.sym, desc_act=desc_act, zero_format=w.zero_format,
+        )  # fmt: skip
 
     # -- the reference ---------------------------------------------------------------------
     def int_weight(self) -> torch.Tensor:
@@ -334,3 +325,33 @@ def swap_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, name, new)
+
+
+def adopt_quantized_layers(model: nn.Module) -> int:
+    """Swap every module that declares ``quantized_weights()`` (a third-party quantizer's
+    layer; :data:`~plugformer.core.interfaces.quant.LAYER_CAPABILITIES`) for the equal
+    :class:`QuantLinear`, so it saves, cuts and runs on the core's kernels; returns how many.
+    A layout the GPTQ layer cannot hold is a :class:`ConfigError` naming the layer."""
+    count = 0
+    for path, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            continue
+        export = capability(module, LAYER_CAPABILITIES, "quantized_weights")
+        if not callable(export):
+            continue
+        weights = export()
+        if not isinstance(weights, QuantizedWeights):
+            raise ConfigError(
+                f"{path} ({type(module).__name__}).quantized_weights() returned "
+                f"{type(weights).__name__}, not a QuantizedWeights"
+            )
+        out_features, in_features = weights.q.shape
+        problems = layout_problems(in_features, out_features, weights.bits, weights.group_size)
+        if problems:
+            raise ConfigError(f"{path} ({type(module).__name__}): {'; '.join(problems)}")
+        try:
+            swap_module(model, path, QuantLinear.from_weights(weights))
+        except ValueError as exc:
+            raise ConfigError(f"{path} ({type(module).__name__}): {exc}") from None
+        count += 1
+    return count

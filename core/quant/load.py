@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 from plugformer.core.errors import CheckpointError, ConfigError
+from plugformer.core.interfaces.capability import capability
+from plugformer.core.interfaces.checkpoint import CAPABILITIES as CHECKPOINT_CAPABILITIES
+from plugformer.core.interfaces.family import map_tensor_name
+from plugformer.core.interfaces.quant import CAPABILITIES as QUANTIZER_CAPABILITIES
 from plugformer.core.quant.linear import QuantLinear, group_count, layout_problems, swap_module
 from plugformer.core.quant.pack import SUPPORTED_BITS, pack
 
@@ -110,7 +114,7 @@ class CheckpointView:
 
     def tensor_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """``tensor(name)`` read the base's cheaper way into ``dtype`` when it has one."""
-        reader = getattr(self.base, "tensor_as", None)
+        reader = capability(self.base, CHECKPOINT_CAPABILITIES, "tensor_as")
         if name in self.extra or reader is None:
             return self.tensor(name)
         t: torch.Tensor = reader(name, dtype)
@@ -120,7 +124,7 @@ class CheckpointView:
         return self.base.tokenizer()
 
     def drop_pages(self) -> None:
-        drop = getattr(self.base, "drop_pages", None)
+        drop = capability(self.base, CHECKPOINT_CAPABILITIES, "drop_pages")
         if drop is not None:
             drop()
 
@@ -128,8 +132,10 @@ class CheckpointView:
         self.base.close()
 
 
-def _linear_for(model: nn.Module, family: Any, hf_weight: str) -> tuple[str, nn.Linear] | None:
-    ours = family.tensor_name(hf_weight)
+def _linear_for(
+    model: nn.Module, family: Any, hf_weight: str, hf_config: dict[str, Any]
+) -> tuple[str, nn.Linear] | None:
+    ours = map_tensor_name(family, hf_weight, model.spec, hf_config)
     if not isinstance(ours, str) or not ours.endswith(".weight"):
         return None
     path = ours[: -len(".weight")]
@@ -150,14 +156,19 @@ def _new_qlinear(linear: nn.Linear, *args: Any, **kwargs: Any) -> QuantLinear:
 
 
 def prepare_quantized(
-    model: nn.Module, checkpoint: Any, family: Any, quantizer: Any, dense_ggml: bool = False
+    model: nn.Module,
+    checkpoint: Any,
+    family: Any,
+    quantizer: Any,
+    name: str,
+    dense_ggml: bool = False,
 ) -> Any:
     """Swap ``model``'s linear layers (built on the meta device) for the quantized layers the
     checkpoint stores, and return the checkpoint to load the weights from. ``dense_ggml``:
-    GGUF Q4/Q8 blocks load as dense layers instead (dequantized while loading)."""
-    keep = bool(getattr(quantizer, "keeps_checkpoint_quantization", False))
+    GGUF Q4/Q8 blocks load as dense layers instead (dequantized while loading). ``name`` is
+    the quantizer's registry name, for messages."""
+    keep = bool(capability(quantizer, QUANTIZER_CAPABILITIES, "keeps_checkpoint_quantization"))
     qc = checkpoint.hf_config.get("quantization_config")
-    name = getattr(getattr(quantizer, "config", None), "name", "?")
     if qc is not None:
         settings = parse_quantization_config(qc)
         if not keep:
@@ -167,7 +178,11 @@ def prepare_quantized(
                 + (" (quant.dequantize applies to GGUF files only)" if name == "none" else "")
             )
         return _prepare_gptq(model, checkpoint, family, settings)
-    if keep and not dense_ggml and callable(getattr(checkpoint, "quantized_type", None)):
+    if (
+        keep
+        and not dense_ggml
+        and callable(capability(checkpoint, CHECKPOINT_CAPABILITIES, "quantized_type"))
+    ):
         return _prepare_ggml(model, checkpoint, family)
     return checkpoint
 
@@ -179,7 +194,7 @@ def _prepare_gptq(model: nn.Module, checkpoint: Any, family: Any, s: GPTQSetting
     layers: list[tuple[str, QuantLinear, str]] = []
     for name in sorted(n for n in names if n.endswith(".qweight")):
         prefix = name[: -len("qweight")]
-        found = _linear_for(model, family, prefix + "weight")
+        found = _linear_for(model, family, prefix + "weight", checkpoint.hf_config)
         if found is None:
             problems.append(f"{name}: the model has no linear layer for {prefix}weight")
             continue
@@ -280,7 +295,9 @@ def _prepare_ggml(model: nn.Module, checkpoint: Any, family: Any) -> Any:
     view = CheckpointView(checkpoint)
     for name in list(checkpoint.tensor_names()):
         kind = checkpoint.quantized_type(name) if name.endswith(".weight") else None
-        found = _linear_for(model, family, name) if kind in GGML_LAYOUTS else None
+        found = (
+            _linear_for(model, family, name, checkpoint.hf_config) if kind in GGML_LAYOUTS else None
+        )
         if kind is None or found is None:
             continue
         path, linear = found

@@ -23,13 +23,16 @@ and vLLM load, and ``model.path=DIR`` loads back to identical logits:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from plugformer.core.errors import ConfigError
+from plugformer.core.interfaces.family import map_tensor_name
 from plugformer.core.quant.linear import QuantLinear
 from plugformer.core.quant.pack import pack
 from plugformer.core.tokenizers.hf import HFTokenizer
@@ -37,11 +40,11 @@ from plugformer.core.tokenizers.hf import HFTokenizer
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def _hf_names(checkpoint: Any, family: Any) -> dict[str, str]:
+def _hf_names(checkpoint: Any, family: Any, spec: Any) -> dict[str, str]:
     """Our tensor name -> the checkpoint's (Hugging Face) name."""
     names: dict[str, str] = {}
     for hf in checkpoint.tensor_names():
-        ours = family.tensor_name(hf)
+        ours = map_tensor_name(family, hf, spec, checkpoint.hf_config)
         if isinstance(ours, str):
             names.setdefault(ours, hf)
     return names
@@ -92,7 +95,7 @@ def quantization_config(
             "quantize: float zero points (GGUF Q4_1) have no GPTQ representation; "
             "quantize from floating-point weights instead"
         )
-    from plugformer import __version__
+    from plugformer.core.version import __version__
 
     return {
         "quant_method": "gptq",
@@ -122,15 +125,29 @@ def save_quantized(
             "model or model.path=<checkpoint>"
         )
     layers = {p: m for p, m in model.named_modules() if isinstance(m, QuantLinear)}
+    foreign = [
+        f"{p} ({type(m).__name__})"
+        for p, m in model.named_modules()
+        if not isinstance(m, (nn.Linear, QuantLinear))
+        and isinstance(getattr(m, "in_features", None), int)
+        and isinstance(getattr(m, "out_features", None), int)
+    ]  # layers standing where linear layers were, of a class this writer does not know
+    if foreign:
+        raise ConfigError(
+            f"quantize: cannot save {len(foreign)} quantized layer(s) in the GPTQ layout: "
+            f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}; their class must "
+            "be QuantLinear or declare quantized_weights() (see plugformer.core.interfaces.quant)"
+        )
     if not layers:
         raise ConfigError("quantize: no layer was quantized; choose quant=gptq or quant=rtn")
-    method = getattr(getattr(engine.quantizer, "config", None), "name", "gptq")
+    quant = dataclasses.asdict(engine.config.quant)  # the composed quantizer's config
+    method = quant["name"]
     fmt = checkpoint_format_for(list(layers.values()), checkpoint_format)
     qconfig = quantization_config(list(layers.values()), method, fmt)
-    damp = getattr(getattr(engine.quantizer, "config", None), "damp_percent", None)
+    damp = quant.get("damp_percent")
     if damp is not None:
         qconfig["damp_percent"] = damp
-    hf_of = _hf_names(checkpoint, family)
+    hf_of = _hf_names(checkpoint, family, engine.spec)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, t in model.state_dict(keep_vars=True).items():
@@ -162,7 +179,7 @@ def save_quantized(
     config["torch_dtype"] = DTYPE_NAMES.get(engine.dtype, "float32")
     _write_json(out / "config.json", config)
     generation = dict(engine.generation_config)
-    tok = getattr(engine, "_tokenizer", None)
+    tok = engine.tokenizer_or_none
     if isinstance(tok, HFTokenizer) and tok.eos_token_ids:
         generation["eos_token_id"] = (
             tok.eos_token_ids[0] if len(tok.eos_token_ids) == 1 else list(tok.eos_token_ids)

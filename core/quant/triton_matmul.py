@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from plugformer.core.quant.linear import QuantLinear
+from plugformer.core.quant.layout import QuantLayout
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 32
 
@@ -112,7 +112,7 @@ def qmatmul(
     return y
 
 
-def triton_kernel(m: QuantLinear, dtype: torch.dtype) -> Any:
+def triton_kernel(m: QuantLayout, dtype: torch.dtype) -> Any:
     """A forward for ``m`` running :func:`qmatmul` (inputs on ``m``'s device, in ``dtype``)."""
     if m.bits not in (2, 4, 8):
         raise ValueError(f"the Triton kernel packs 2, 4 or 8 bits, not {m.bits}")

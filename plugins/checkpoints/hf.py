@@ -23,7 +23,7 @@ import torch
 from plugformer.core import hookimpl
 from plugformer.core.checkpoints.safetensors import SafetensorsFile
 from plugformer.core.errors import CheckpointError
-from plugformer.core.interfaces.checkpoint import CheckpointConfig
+from plugformer.core.interfaces.checkpoint import GENERIC, CheckpointConfig
 from plugformer.core.interfaces.tokenizer import Tokenizer
 from plugformer.core.tokenizers.hf import HFTokenizer
 
@@ -111,7 +111,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 
 class HFCheckpoint:
-    """An opened HF model directory (a :class:`plugformer.core.interfaces.checkpoint.Checkpoint`)."""
+    """An opened HF model directory (a :class:`~plugformer.core.interfaces.Checkpoint`)."""
 
     def __init__(
         self, directory: Path, hf_config: dict[str, Any], generation_config: dict[str, Any]
@@ -179,13 +179,15 @@ class HFFormat:
     def check(self) -> list[str]:
         return []
 
-    def detect(self, path: Path) -> bool:
+    def detect(self, path: Path) -> float:
+        # a directory with config.json is the generic layout many formats share: any format
+        # that recognises more of it (a quantized layout, its own index) wins over this one
         path = Path(path)
         if path.is_dir():
-            return (path / CONFIG).is_file()
+            return GENERIC if (path / CONFIG).is_file() else 0.0
         if path.is_file() and (path.name == CONFIG or path.suffix in (".safetensors",)):
-            return (path.parent / CONFIG).is_file()
-        return False
+            return GENERIC if (path.parent / CONFIG).is_file() else 0.0
+        return 0.0
 
     def open(self, path: Path) -> HFCheckpoint:
         path = Path(path)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.interfaces.family import FamilyConfig
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import decoder_tp_plan, hf_value, refuse, transformer_layer
+from plugformer.core.model.families import GPTLikeFamily
+from plugformer.core.model.hf import hf_value, refuse
 
 _PARTS = {
     "input_layernorm": "attn_norm",
@@ -41,11 +42,13 @@ class BloomConfig(FamilyConfig):
     name: str = "bloom"
 
 
-class Bloom(FamilyBase):
+class Bloom(GPTLikeFamily):
     """The BLOOM family."""
 
     architectures = ("BloomForCausalLM",)
     model_types = ("bloom",)
+    top, parts = _TOP, _PARTS
+    fused_qkv = "self_attention.query_key_value"  # rows [heads, 3, head_dim]: per head q, k, v
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -77,32 +80,6 @@ class Bloom(FamilyBase):
         )
         spec.validate("config.json", NAMES)
         return spec
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        name = hf_name.removeprefix("transformer.")
-        if name in _TOP:
-            return _TOP[name]
-        found = transformer_layer(hf_name)
-        if found and found[1] in _PARTS:
-            return f"layers.{found[0]}.{_PARTS[found[1]]}.{found[2]}"
-        return hf_name
-
-    def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
-        found = transformer_layer(hf_name)
-        if not found or found[1] != "self_attention.query_key_value":
-            return None
-        layer, _, leaf = found
-        h, d = spec.num_heads, spec.dim_per_head
-        return [  # rows [heads, 3, head_dim]: per head its q, k, v
-            (
-                f"layers.{layer}.attn.{ours}.{leaf}",
-                lambda t, i=i: t.reshape(h, 3, d, *t.shape[1:])[:, i].reshape(-1, *t.shape[1:]),
-            )
-            for i, ours in enumerate(("wq", "wk", "wv"))
-        ]
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("plain")
 
 
 @hookimpl

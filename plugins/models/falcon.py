@@ -16,18 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart
+from plugformer.core.interfaces.family import FamilyConfig
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    hf_activation,
-    hf_value,
-    refuse,
-    transformer_layer,
-)
+from plugformer.core.model.families import GPTLikeFamily
+from plugformer.core.model.hf import hf_activation, hf_value, refuse
 from plugformer.core.model.hf import rope_positional as rope
 
 _PARTS = {
@@ -57,11 +50,13 @@ def _get(c: dict[str, Any], key: str, alias: str, kind: type, default: Any = ...
     return hf_value(c, key if key in c else alias, kind, default)
 
 
-class Falcon(FamilyBase):
+class Falcon(GPTLikeFamily):
     """The Falcon family."""
 
     architectures = ("FalconForCausalLM",)
     model_types = ("falcon",)
+    top, parts = _TOP, _PARTS
+    fused_qkv = "self_attention.query_key_value"  # rows [kv_heads, heads / kv_heads + 2, head_dim]
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -107,36 +102,6 @@ class Falcon(FamilyBase):
         )
         spec.validate("config.json", NAMES)
         return spec
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        if hf_name.removeprefix("transformer.") in _TOP:
-            return _TOP[hf_name.removeprefix("transformer.")]
-        found = transformer_layer(hf_name)
-        if found and found[1] in _PARTS:
-            return f"layers.{found[0]}.{_PARTS[found[1]]}.{found[2]}"
-        return hf_name
-
-    def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
-        found = transformer_layer(hf_name)
-        if not found or found[1] != "self_attention.query_key_value":
-            return None
-        layer, _, leaf = found
-        h, kv, d = spec.num_heads, spec.kv_heads, spec.dim_per_head
-        g = h // kv
-
-        def cut(t: torch.Tensor, which: int) -> torch.Tensor:
-            rest = t.shape[1:]  # weight [rows, hidden] or bias [rows]
-            t = t.reshape(kv, g + 2, d, *rest)  # per KV group: g query heads, a key, a value
-            piece = t[:, :g] if which == 0 else t[:, g + which - 1]
-            return piece.reshape(-1, *rest)
-
-        return [
-            (f"layers.{layer}.attn.{ours}.{leaf}", lambda t, i=i: cut(t, i))
-            for i, ours in enumerate(("wq", "wk", "wv"))
-        ]
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("plain")
 
 
 @hookimpl

@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
-from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    HF_ACTIVATIONS,
-    decoder_tp_plan,
-    hf_value,
-    llama_like_spec,
-    llama_tensor_name,
-    refuse,
-)
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import HF_ACTIVATIONS, hf_value, refuse
 
 
 @dataclass
@@ -30,34 +23,27 @@ class GemmaConfig(FamilyConfig):
     name: str = "gemma"
 
 
-class Gemma(FamilyBase):
+class Gemma(LlamaLikeFamily):
     """The Gemma family."""
 
     architectures = ("GemmaForCausalLM",)
     model_types = ("gemma",)
+    activations = ("gelu_pytorch_tanh", "gelu")
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
         c = hf_config
         if hf_value(c, "use_bidirectional_attention", bool, False):
             raise refuse("use_bidirectional_attention", True, "plugformer decodes causally")
         bias = hf_value(c, "attention_bias", bool, False)
-        return llama_like_spec(
-            c,
-            activations=("gelu_pytorch_tanh", "gelu"),
+        return {
             # transformers reads Gemma's legacy "gelu" as the tanh approximation, and so do we
-            activation=HF_ACTIVATIONS["gelu_pytorch_tanh"],
-            norm_args={"unit_offset": True},
-            embedding_scale=hf_value(c, "hidden_size", int) ** 0.5,
-            tie_embeddings=hf_value(c, "tie_word_embeddings", bool, True),
-            attention_bias=bias,
-            attention_out_bias=bias,
-        )
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        return llama_tensor_name(hf_name)
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("gated")
+            "activation": HF_ACTIVATIONS["gelu_pytorch_tanh"],
+            "norm_args": {"unit_offset": True},
+            "embedding_scale": hf_value(c, "hidden_size", int) ** 0.5,
+            "tie_embeddings": hf_value(c, "tie_word_embeddings", bool, True),
+            "attention_bias": bias,
+            "attention_out_bias": bias,
+        }
 
 
 @hookimpl

@@ -1,7 +1,8 @@
 """GPT-2 model family (Radford et al., 2019, "Language Models are Unsupervised Multitask
 Learners"; OpenAI's model card).
 
-Learned absolute position embeddings added to the token embedding, LayerNorm, biases
+Learned absolute position embeddings added to the token embedding (the ``learned`` positional
+plugin: ``wpe`` is ``positional.weight``), LayerNorm, biases
 everywhere, a plain GELU MLP (``gelu_new``, the tanh approximation) and tied embeddings.
 GPT-2 stores its projections as ``Conv1D`` weights, ``[in, out]``: they are transposed on load,
 and the fused ``c_attn`` (query, key, value columns) is cut into three. Names with and without
@@ -14,21 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.interfaces.family import FamilyConfig, TensorPart, expect_shape
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    hf_activation,
-    hf_value,
-    refuse,
-    transformer_layer,
-)
+from plugformer.core.model.families import GPTLikeFamily
+from plugformer.core.model.hf import hf_activation, hf_value, refuse, transformer_layer
 
 _NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
 _CONV1D = {"attn.c_proj": "attn.wo", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
 _TOP = {
     "wte.weight": "embed.weight",
-    "wpe.weight": "pos_embed.weight",
+    "wpe.weight": "positional.weight",  # the learned positional plugin's weight
     "ln_f.weight": "norm.weight",
     "ln_f.bias": "norm.bias",
     "lm_head.weight": "head.weight",
@@ -47,11 +43,12 @@ class GPT2Config(FamilyConfig):
     name: str = "gpt2"
 
 
-class GPT2(FamilyBase):
+class GPT2(GPTLikeFamily):
     """The GPT-2 family."""
 
     architectures = ("GPT2LMHeadModel",)
     model_types = ("gpt2",)
+    top, parts = _TOP, _NORMS  # Conv1D layers: biases below, weights in tensor_parts
 
     def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
         c = hf_config
@@ -77,29 +74,25 @@ class GPT2(FamilyBase):
             attention_bias=True,
             attention_out_bias=True,
             mlp_bias=True,
-            learned_positions=True,
             tie_embeddings=hf_value(c, "tie_word_embeddings", bool, True),
             attention_scale=None if scaled else 1.0,
             attention="mha",
-            positional="none",
+            positional="learned",
         )
         spec.validate("config.json", NAMES)
         return spec
 
-    def tensor_name(self, hf_name: str) -> str | None:
-        name = hf_name.removeprefix("transformer.")
-        if name in _TOP:
-            return _TOP[name]
+    def tensor_name(
+        self, hf_name: str, spec: ModelSpec | None = None, hf_config: dict[str, Any] | None = None
+    ) -> str | None:
         found = transformer_layer(hf_name)
         if found:
             layer, part, leaf = found
             if part == "attn" and leaf in ("bias", "masked_bias"):
                 return None  # old checkpoints store the causal mask as a buffer
-            if part in _NORMS:
-                return f"layers.{layer}.{_NORMS[part]}.{leaf}"
             if part in _CONV1D and leaf == "bias":
                 return f"layers.{layer}.{_CONV1D[part]}.bias"
-        return hf_name
+        return super().tensor_name(hf_name, spec, hf_config)
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
         found = transformer_layer(hf_name)
@@ -127,9 +120,6 @@ class GPT2(FamilyBase):
                 for i, ours in enumerate(("wq", "wk", "wv"))
             ]
         return None
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("plain")
 
 
 @hookimpl

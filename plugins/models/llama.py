@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
-from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import decoder_tp_plan, hf_value, llama_like_spec, llama_tensor_name
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import hf_value
 
 
 @dataclass
@@ -22,27 +22,19 @@ class LlamaConfig(FamilyConfig):
     name: str = "llama"
 
 
-class Llama(FamilyBase):
+class Llama(LlamaLikeFamily):
     """The Llama family."""
 
     architectures = ("LlamaForCausalLM",)
     model_types = ("llama",)
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
-        c = hf_config
-        bias = hf_value(c, "attention_bias", bool, False)
-        return llama_like_spec(
-            c,
-            attention_bias=bias,
-            attention_out_bias=bias,
-            mlp_bias=hf_value(c, "mlp_bias", bool, False),
-        )
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        return llama_tensor_name(hf_name)
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("gated")
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
+        bias = hf_value(hf_config, "attention_bias", bool, False)
+        return {
+            "attention_bias": bias,
+            "attention_out_bias": bias,
+            "mlp_bias": hf_value(hf_config, "mlp_bias", bool, False),
+        }
 
 
 @hookimpl

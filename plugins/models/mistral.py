@@ -11,14 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
-from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    llama_like_spec,
-    llama_tensor_name,
-    sliding_window,
-)
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import sliding_window
 
 
 @dataclass
@@ -26,20 +21,14 @@ class MistralConfig(FamilyConfig):
     name: str = "mistral"
 
 
-class Mistral(FamilyBase):
+class Mistral(LlamaLikeFamily):
     """The Mistral family."""
 
     architectures = ("MistralForCausalLM",)
     model_types = ("mistral",)
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
-        return llama_like_spec(hf_config, sliding_window=sliding_window(hf_config))
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        return llama_tensor_name(hf_name)
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("gated")
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
+        return {"sliding_window": sliding_window(hf_config)}
 
 
 @hookimpl

@@ -12,16 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.interfaces.family import FamilyConfig, TensorPart, expect_shape
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    hf_value,
-    llama_layer,
-    llama_like_spec,
-    llama_tensor_name,
-    sliding_window,
-)
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import hf_value, llama_layer, sliding_window
 
 _EXPERT = {"w1": "gate", "w3": "up", "w2": "down"}  # Mixtral's expert names -> ours
 
@@ -31,25 +25,26 @@ class MixtralConfig(FamilyConfig):
     name: str = "mixtral"
 
 
-class Mixtral(FamilyBase):
+class Mixtral(LlamaLikeFamily):
     """The Mixtral family."""
 
     architectures = ("MixtralForCausalLM",)
     model_types = ("mixtral",)
+    mlp = "moe"
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
         c = hf_config
-        return llama_like_spec(
-            c,
-            sliding_window=sliding_window(c),
-            mlp="moe",
-            mlp_args={
+        return {
+            "sliding_window": sliding_window(c),
+            "mlp_args": {
                 "num_experts": hf_value(c, "num_local_experts", int, 8),
                 "top_k": hf_value(c, "num_experts_per_tok", int, 2),
             },
-        )
+        }
 
-    def tensor_name(self, hf_name: str) -> str | None:
+    def tensor_name(
+        self, hf_name: str, spec: ModelSpec | None = None, hf_config: dict[str, Any] | None = None
+    ) -> str | None:
         found = llama_layer(hf_name)
         if found:
             layer, part, leaf = found
@@ -59,7 +54,7 @@ class Mixtral(FamilyBase):
             expert = pieces[:2] == ["block_sparse_moe", "experts"] and len(pieces) == 4
             if expert and pieces[3] in _EXPERT:
                 return f"layers.{layer}.mlp.experts.{pieces[2]}.{_EXPERT[pieces[3]]}.{leaf}"
-        return llama_tensor_name(hf_name)
+        return super().tensor_name(hf_name, spec, hf_config)
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
         found = llama_layer(hf_name)
@@ -83,9 +78,6 @@ class Mixtral(FamilyBase):
                 for e in range(experts)
             ]
         return None
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("moe")
 
 
 @hookimpl

@@ -13,15 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig, TensorPart, expect_shape
+from plugformer.core.interfaces.family import FamilyConfig, TensorPart, expect_shape
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    llama_layer,
-    llama_like_spec,
-    llama_tensor_name,
-    sliding_window,
-)
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import llama_layer, sliding_window
 
 
 @dataclass
@@ -29,17 +24,14 @@ class Phi3Config(FamilyConfig):
     name: str = "phi3"
 
 
-class Phi3(FamilyBase):
+class Phi3(LlamaLikeFamily):
     """The Phi-3 family."""
 
     architectures = ("Phi3ForCausalLM",)
     model_types = ("phi3",)
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
-        return llama_like_spec(hf_config, sliding_window=sliding_window(hf_config))
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        return llama_tensor_name(hf_name)
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
+        return {"sliding_window": sliding_window(hf_config)}
 
     def tensor_parts(self, hf_name: str, spec: ModelSpec) -> list[TensorPart] | None:
         found = llama_layer(hf_name)
@@ -64,9 +56,6 @@ class Phi3(FamilyBase):
             )
             for ours, lo, n in pieces
         ]
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("gated")
 
 
 @hookimpl

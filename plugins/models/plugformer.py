@@ -21,7 +21,12 @@ from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.model.hf import decoder_tp_plan
 from plugformer.core.model.save import ARCHITECTURE, MODEL_TYPE
 
-_IGNORED = {"architectures", "model_type", "transformers_version", "dtype", "torch_dtype"}
+# keys of a config.json that are not the spec: identity, versions, and the quantization of a
+# GPTQ checkpoint (read by the loader from the same config)
+_IGNORED = {
+    "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+    "quantization_config",
+}  # fmt: skip
 
 
 @dataclass
@@ -80,7 +85,9 @@ class Plugformer:
         self.mlp = spec.mlp
         return spec
 
-    def tensor_name(self, hf_name: str) -> str | None:
+    def tensor_name(
+        self, hf_name: str, spec: ModelSpec | None = None, hf_config: dict[str, Any] | None = None
+    ) -> str | None:
         return hf_name  # our own names
 
     def tp_plan(self) -> dict[str, str]:

@@ -11,15 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.family import FamilyBase, FamilyConfig
-from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.hf import (
-    decoder_tp_plan,
-    hf_value,
-    llama_like_spec,
-    llama_tensor_name,
-    refuse,
-)
+from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.model.families import LlamaLikeFamily
+from plugformer.core.model.hf import hf_value, refuse
 
 
 @dataclass
@@ -50,25 +44,18 @@ def _window(c: dict[str, Any]) -> int | None:
     return hf_value(c, "sliding_window", int)
 
 
-class Qwen2(FamilyBase):
+class Qwen2(LlamaLikeFamily):
     """The Qwen2 family."""
 
     architectures = ("Qwen2ForCausalLM",)
     model_types = ("qwen2",)
 
-    def spec_from_hf(self, hf_config: dict[str, Any]) -> ModelSpec:
-        return llama_like_spec(
-            hf_config,
-            attention_bias=True,
-            attention_out_bias=False,
-            sliding_window=_window(hf_config),
-        )
-
-    def tensor_name(self, hf_name: str) -> str | None:
-        return llama_tensor_name(hf_name)
-
-    def tp_plan(self) -> dict[str, str]:
-        return decoder_tp_plan("gated")
+    def spec_fields(self, hf_config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "attention_bias": True,
+            "attention_out_bias": False,
+            "sliding_window": _window(hf_config),
+        }
 
 
 @hookimpl

@@ -46,7 +46,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., dim]
         if x.dtype == torch.float32 and not self.unit_offset:
-            # one fused op, bit-equal to the lines below in float32 (tests/test_parts.py)
+            # one fused op, bit-equal to the lines below in float32 (tests/unit/test_parts.py)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x if x.dtype == torch.float32 else x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)

@@ -19,17 +19,13 @@ from plugformer.core.interfaces.mlp import MLPDims
 from plugformer.core.interfaces.norm import NormConfig, NormDims
 from plugformer.core.interfaces.positional import PositionalDims
 from plugformer.core.interfaces.spec import ModelSpec
+from plugformer.core.model.build import build_parts
 from plugformer.core.model.decoder import Decoder, default_scale
 from plugformer.core.model.kv_cache import KVCache
 
 transformers = pytest.importorskip("transformers")
 
 TINY = "model=tiny"
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return loader.load_plugins(autoload=False).registry
 
 
 def test_the_parts_are_registered(registry):
@@ -157,10 +153,9 @@ VARIANTS = {
         "model.spec.norm=layernorm",
     ],
     "learned-positions-embedding-norm": [
-        "model.spec.learned_positions=true",
+        "positional=learned",  # contract 2.0 (was model.spec.learned_positions=true)
         "model.spec.embedding_norm=true",
         "model.spec.embedding_scale=8.0",
-        "positional=none",
     ],
     "parallel-two-norms": ["model.spec.parallel_block=true", "model.spec.parallel_mlp_norm=true"],
     "window-4": ["attention=gqa", "attention.sliding_window=4"],
@@ -208,7 +203,8 @@ def test_unknown_or_wrong_parts_name_the_key():
         plugformer.Engine.from_overrides([TINY, "attention=gqa", "attention.sliding_window=0"])
 
 
-def test_decoder_without_parts_uses_the_default_plugins(registry):
+def test_decoder_gets_its_parts_from_the_registry(registry):
+    # contract 2.0: no process-wide fallback; the builder resolves the parts and hands them in
     spec = ModelSpec(
         vocab_size=16, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=12,
         norm="layernorm", mlp="plain", activation="gelu",
@@ -219,7 +215,7 @@ def test_decoder_without_parts_uses_the_default_plugins(registry):
     positional = registry.build(
         "positional", registry.get("positional", "rope").config(), PositionalDims(2, 4, 64)
     )
-    model = Decoder(spec, kernel, positional)  # the engine's call, unchanged
+    model = Decoder(spec, kernel, positional, build_parts(registry, spec))  # the engine's call
     assert type(model.layers[0].mlp).__name__ == "PlainMLP"
     assert type(model.norm).__name__ == "LayerNorm" and model.norm.bias is not None
     assert default_scale(spec) == 0.5

@@ -14,28 +14,13 @@ from plugformer.core.errors import CheckpointError, ConfigError
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_llama(tmp_path, **overrides):
-    cfg = transformers.LlamaConfig(
-        vocab_size=160,
-        hidden_size=64,
-        intermediate_size=112,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rope_theta=5000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        **overrides,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    return model
+#: the shared tiny Llama (conftest.py) with a narrower MLP
+TINY = {"intermediate_size": 112}
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    model = _tiny_llama(None)
+def saved(tmp_path_factory, tiny_hf_llama):
+    model = tiny_hf_llama(**TINY)
     plain = tmp_path_factory.mktemp("llama")
     model.save_pretrained(plain, safe_serialization=True)
     sharded = tmp_path_factory.mktemp("llama_sharded")
@@ -82,8 +67,8 @@ def test_cached_greedy_equals_transformers_generate(saved):
     assert ours == ref
 
 
-def test_tied_embeddings_load(tmp_path):
-    model = _tiny_llama(None)
+def test_tied_embeddings_load(tmp_path, tiny_hf_llama):
+    model = tiny_hf_llama(**TINY)
     model.config.tie_word_embeddings = True
     model.tie_weights()
     model.save_pretrained(tmp_path, safe_serialization=True)

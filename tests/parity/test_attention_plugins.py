@@ -14,7 +14,6 @@ import torch
 
 from plugformer import RefusedError
 from plugformer.core.interfaces.attention import AttentionDims
-from plugformer.core.loader import load_plugins
 from plugformer.plugins.attention.gqa import GQAConfig
 from plugformer.plugins.attention.mha import MHAConfig
 
@@ -33,11 +32,6 @@ MHA_SHAPES = [s for s in GQA_SHAPES if s[1] == s[2]] + [
     (1, 2, 2, 1, 4, 16),  # one-token cached decode
 ]
 BIASES = ["causal", "alibi", "causal+alibi", "padding"]
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(autoload=False).registry
 
 
 def reference_slopes(num_heads: int) -> list[float]:

@@ -23,25 +23,16 @@ from plugformer.plugins.checkpoints.hf import HFConfig, HFFormat
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_llama(tied: bool) -> Any:
-    config = transformers.LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+#: transformers' LlamaConfig defaults where the shared tiny Llama (conftest.py) sets its own
+TINY = {"vocab_size": 128, "max_position_embeddings": 2048, "rope_theta": 10000.0}
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict[str, Any]:
+def saved(tmp_path_factory, tiny_hf_llama) -> dict[str, Any]:
     """Tiny random Llamas saved by transformers: untied single-file, untied sharded, tied."""
     root = tmp_path_factory.mktemp("hf")
-    untied, tied = _tiny_llama(False), _tiny_llama(True)
+    untied = tiny_hf_llama(**TINY, tie_word_embeddings=False)
+    tied = tiny_hf_llama(**TINY, tie_word_embeddings=True)
     untied.save_pretrained(root / "single", safe_serialization=True)
     untied.save_pretrained(root / "sharded", safe_serialization=True, max_shard_size="20KB")
     tied.save_pretrained(root / "tied", safe_serialization=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_package_directory_is_listed_in_pyproject():
@@ -58,8 +58,10 @@ def test_wheel_contents(wheel: Path):
     assert "plugformer/plugins/attention/gqa.py" in names
     assert "plugformer/conf/config.yaml" in names
     assert "plugformer/conf/model/tiny.yaml" in names
-    assert "plugformer/core/cpu_qmatmul.c" in names  # compiled on first use (core/native/build.py)
-    assert "plugformer/core/cpu_attention.c" in names
+    assert (
+        "plugformer/core/native/qmatmul.c" in names
+    )  # compiled on first use (core/native/build.py)
+    assert "plugformer/core/native/attention.c" in names
     assert not any(n.startswith(("plugformer/tests", "plugformer/examples")) for n in names)
 
 

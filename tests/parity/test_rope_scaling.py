@@ -10,18 +10,12 @@ import torch
 
 from plugformer import RefusedError
 from plugformer.core.interfaces.positional import PositionalDims
-from plugformer.core.loader import load_plugins
 from plugformer.core.model.hf import rope_positional
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
 HEAD_DIM = 64
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(autoload=False).registry
 
 
 def hf_config(rope: dict, max_pos: int = 4096, **extra) -> transformers.LlamaConfig:

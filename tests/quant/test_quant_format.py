@@ -29,14 +29,8 @@ PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cfg = transformers.LlamaConfig(
-        vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+def tiny(tmp_path_factory, tiny_hf_llama):
+    model = tiny_hf_llama()  # the shared tiny Llama of conftest.py, as it is
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path, safe_serialization=True)
     _char_tokenizer().save(str(path / "tokenizer.json"))  # calibration text needs a tokenizer

@@ -17,7 +17,7 @@ from plugformer.core.native import build as native
 from plugformer.core.quant.linear import QuantLinear
 
 gguf = pytest.importorskip("gguf")
-from tests.test_quant_gguf import IDS, _write_tiny_llama  # noqa: E402
+from tests.quant.test_quant_gguf import IDS, _write_tiny_llama  # noqa: E402
 
 QT = gguf.GGMLQuantizationType
 

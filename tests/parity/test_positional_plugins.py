@@ -16,15 +16,9 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from plugformer import RefusedError
 from plugformer.core.interfaces.positional import PositionalDims
-from plugformer.core.loader import load_plugins
 from plugformer.plugins.positional.alibi import ALiBiConfig
 from plugformer.plugins.positional.none import NoPositionalConfig
 from plugformer.plugins.positional.rope import RoPEConfig
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(autoload=False).registry
 
 
 def build(registry, config, num_heads=4, head_dim=16, max_seq_len=512):

@@ -22,7 +22,6 @@ from transformers.generation.logits_process import (
 import plugformer
 from plugformer import ValidationError
 from plugformer.core.interfaces.sampler import SamplingContext
-from plugformer.core.loader import load_plugins
 from plugformer.core.sampling import SamplerChain, draw, with_overrides
 
 B, V, T = 4, 1000, 40
@@ -36,11 +35,6 @@ NEW = (
     "logit_bias",
     "no_repeat_ngram_size",
 )
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(autoload=False).registry
 
 
 @pytest.fixture(scope="module")

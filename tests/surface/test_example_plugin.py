@@ -26,7 +26,7 @@ from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.registry import Source
 from plugformer.core.sampling import SamplerChain, with_overrides
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugformer-example-plugin"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugformer-example-plugin"
 DIST, VERSION, PLUGIN = "plugformer-example-plugin", "0.1.0", "example"
 ENV_VARS = (loader.ENV_BLOCK, loader.ENV_DISABLE_AUTOLOAD, "PLUGFORMER_TRACEBACK")
 TINY = "model=tiny"  # the debug-size random model: no download, milliseconds per forward

@@ -134,7 +134,7 @@ FAMILIES = {
         "GPT2Config",
         "GPT2LMHeadModel",
         {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, **TOKENS},
-        {"learned_positions": True, "positional": "none", "activation": "gelu_new"},
+        {"positional": "learned", "activation": "gelu_new"},  # 2.0: positions are a plugin
     ),
     "gemma": (
         "GemmaConfig",

@@ -16,7 +16,7 @@ import plugformer
 from plugformer.core.cli import main
 from plugformer.core.commands.eval import perplexity
 
-HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
+HELDOUT = Path(__file__).parents[1] / "data" / "heldout_en.txt"
 
 
 def test_perplexity_of_one_window_is_the_mean_next_token_loss(tmp_path, capsys):

@@ -16,7 +16,7 @@ from plugformer.core.quant.linear import QuantLinear
 from plugformer.core.tokenizers.byte import ByteTokenizer
 from plugformer.plugins.quant.gptq import Hessian, float_target, gptq
 
-HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
+HELDOUT = Path(__file__).parents[1] / "data" / "heldout_en.txt"
 
 
 def _layer_and_inputs(k=128, n=64, tokens=2048, seed=0):

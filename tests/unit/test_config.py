@@ -13,7 +13,7 @@ from plugformer.core.config import GROUP_KINDS, Config, compose_dictconfig
 from plugformer.core.errors import ConfigError, UnknownNameError
 from plugformer.core.loader import get_plugins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compose_returns_plain_dataclasses():
@@ -77,12 +77,14 @@ def test_unknown_option_is_an_unknown_name_error():
     assert info.value.valid == [
         "alibi",
         "auto",
+        "learned",  # contract 2.0: absolute positions
         "none",
         "rope",
         "rope_dynamic",
         "rope_linear",
         "rope_llama3",
         "rope_yarn",
+        "sinusoidal",
     ]
 
 

@@ -16,16 +16,10 @@ from transformers.generation.logits_process import (
 import plugformer
 from plugformer import ValidationError
 from plugformer.core.interfaces.sampler import SamplingContext
-from plugformer.core.loader import load_plugins
 from plugformer.core.sampling import SamplerChain, with_overrides
 
 B, V = 4, 1000
 SEEDS = [0, 1, 2]
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(autoload=False).registry
 
 
 @pytest.fixture(scope="module")

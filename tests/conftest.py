@@ -1,0 +1,47 @@
+"""Fixtures shared by every test folder (unit/, parity/, parallel/, quant/, surface/)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+#: The tiny Llama of the transformers-based tests: 2 layers, hidden 64, 4 query heads over 2
+#: KV heads (GQA), untied head. A test passes what its model needs differently.
+TINY_LLAMA: dict[str, Any] = {
+    "vocab_size": 160,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "rope_theta": 5000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """The built-in plugins' registry, without third-party entry points."""
+    from plugformer.core.loader import load_plugins
+
+    return load_plugins(autoload=False).registry
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_llama() -> Callable[..., torch.nn.Module]:
+    """Factory: ``tiny_hf_llama(**config)`` is a random transformers ``LlamaForCausalLM`` (eval
+    mode, weights drawn after ``torch.manual_seed(0)``) of :data:`TINY_LLAMA` updated with
+    ``config``. Save it with ``model.save_pretrained(path, safe_serialization=True)``."""
+    transformers = pytest.importorskip("transformers")
+
+    def build(**config: Any) -> torch.nn.Module:
+        cfg = transformers.LlamaConfig(**{**TINY_LLAMA, **config})
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(cfg).eval()
+
+    return build

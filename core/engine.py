@@ -133,10 +133,14 @@ class Engine:
         return out
 
     # -- prompts ---------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, use_chat_template: bool | None = None) -> list[int]:
         """Token ids for a user prompt: wrapped in the chat template when the model has one
-        and ``use_chat_template`` is on, else encoded as plain text."""
-        if self.config.use_chat_template and self.tokenizer.chat_template:
+        and ``use_chat_template`` is on (None: the config's), else encoded as plain text."""
+        if use_chat_template is None:
+            use_chat_template = self.config.use_chat_template
+        elif not isinstance(use_chat_template, bool):
+            raise ValidationError(f"use_chat_template: expected a bool, got {use_chat_template!r}")
+        if use_chat_template and self.tokenizer.chat_template:
             messages = [{"role": "user", "content": prompt}]
             if self.config.system_prompt is not None:
                 messages.insert(0, {"role": "system", "content": self.config.system_prompt})
@@ -166,11 +170,13 @@ class Engine:
         return tok.encode(text, add_special_tokens=False)
 
     # -- generation ------------------------------------------------------------------------
-    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+    def _prompt_ids(
+        self, prompt: str | Sequence[int], use_chat_template: bool | None = None
+    ) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValidationError("prompt: expected a non-empty string or token ids")
-            return self.encode_prompt(prompt)
+            return self.encode_prompt(prompt, use_chat_template)
         ids = list(prompt)
         if not ids:
             raise ValidationError("prompt: expected a non-empty string or token ids")
@@ -229,7 +235,8 @@ class Engine:
         A prompt is text (wrapped in the chat template when the model has one) or token ids.
         Options: ``min_new_tokens``, ``ignore_eos``, ``stop`` (strings, cut from the text),
         ``stop_token_ids``, ``logprobs`` (top-n alternatives), ``seed`` (an int, or one per
-        prompt), and any sampler knob (``temperature=0.7, top_p=0.9``) for this request.
+        prompt), ``use_chat_template`` (a bool; default: the config's) and any sampler knob
+        (``temperature=0.7, top_p=0.9``) for this request.
         """
         p = prompt_or_prompts
         single = isinstance(p, str) or (
@@ -238,7 +245,8 @@ class Engine:
         prompts = [p] if single else list(p)
         if not prompts:
             raise ValidationError("prompt: expected a non-empty string, token ids, or a list")
-        ids = [self._prompt_ids(x) for x in prompts]  # type: ignore[arg-type]
+        template = options.pop("use_chat_template", None)
+        ids = [self._prompt_ids(x, template) for x in prompts]  # type: ignore[arg-type]
         req = self._make_request(len(ids), max_new_tokens=max_new_tokens, **options)
         run = self._run(ids, req)
         for _ in run.steps():
@@ -269,8 +277,9 @@ class Engine:
         Deltas are UTF-8 safe (a character split over several tokens appears whole, once its
         last token arrives) and never show a stop string, even one that spans tokens;
         options as for :meth:`generate`."""
+        template = options.pop("use_chat_template", None)
         req = self._make_request(1, max_new_tokens=max_new_tokens, **options)
-        run = self._run([self._prompt_ids(prompt)], req)
+        run = self._run([self._prompt_ids(prompt, template)], req)
         row = run.rows[0]
         with torch.inference_mode():
             for step in run.steps():

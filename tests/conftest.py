@@ -45,3 +45,16 @@ def tiny_hf_llama() -> Callable[..., torch.nn.Module]:
         return transformers.LlamaForCausalLM(cfg).eval()
 
     return build
+
+
+@pytest.fixture(scope="session")
+def config_class() -> Callable[[type, str], type]:
+    """``config_class(base, name)``: a config dataclass deriving from a kind's base config
+    (``QuantConfig`` ...) whose ``name`` defaults to ``name``, for plugins made inside a test."""
+    import dataclasses
+
+    def make(base: type, name: str) -> type:
+        field = ("name", str, dataclasses.field(default=name))
+        return dataclasses.make_dataclass(f"{name.title()}Config", [field], bases=(base,))
+
+    return make

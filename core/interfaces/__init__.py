@@ -20,6 +20,7 @@ from plugformer.core.interfaces.mlp import ACTIVATIONS, MLP, MLPConfig, MLPDims,
 from plugformer.core.interfaces.norm import Norm, NormConfig, NormDims
 from plugformer.core.interfaces.parallel import STYLES, ParallelConfig, ParallelStrategy
 from plugformer.core.interfaces.positional import (
+    PositionalBase,
     PositionalConfig,
     PositionalDims,
     PositionalEncoding,
@@ -58,6 +59,7 @@ __all__ = [
     "NormDims",
     "ParallelConfig",
     "ParallelStrategy",
+    "PositionalBase",
     "PositionalConfig",
     "PositionalDims",
     "PositionalEncoding",

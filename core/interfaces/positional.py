@@ -70,3 +70,23 @@ CAPABILITIES: dict[str, Capability] = {
         "embedding norm), built for dims.hidden_size.",
     ),
 }
+
+
+class PositionalBase(torch.nn.Module):
+    """What a positional encoding does by default: no per-forward state, no rotation of q/k,
+    no attention bias, nothing added to the embeddings. Subclass it and override what your
+    encoding changes (``embed`` alone for absolute positions), and ``check``."""
+
+    def check(self) -> list[str]:
+        return []
+
+    def prepare(self, positions: torch.Tensor) -> None:
+        return None
+
+    def rotate(
+        self, q: torch.Tensor, k: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        return None

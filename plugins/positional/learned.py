@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from plugformer.core import PositionalConfig, PositionalDims, hookimpl
+from plugformer.core import PositionalBase, PositionalConfig, PositionalDims, hookimpl
 
 
 @dataclass
@@ -20,7 +20,7 @@ class LearnedConfig(PositionalConfig):
     name: str = "learned"
 
 
-class LearnedPositions(nn.Module):
+class LearnedPositions(PositionalBase):
     """``positional.weight[p]`` added to the embedding of the token at position ``p``."""
 
     def __init__(self, config: LearnedConfig, dims: PositionalDims) -> None:
@@ -37,15 +37,6 @@ class LearnedPositions(nn.Module):
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
         # positions: [B, S] -> [B, S, hidden]
         return nn.functional.embedding(positions, self.weight)
-
-    def prepare(self, positions: torch.Tensor) -> None:
-        return None
-
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, state: None):
-        return q, k
-
-    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
-        return None
 
 
 @hookimpl

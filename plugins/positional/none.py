@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from plugformer.core import hookimpl
-from plugformer.core.interfaces.positional import PositionalConfig, PositionalDims
+from plugformer.core import PositionalBase, PositionalConfig, PositionalDims, hookimpl
 
 
 @dataclass
@@ -16,23 +12,11 @@ class NoPositionalConfig(PositionalConfig):
     name: str = "none"
 
 
-class NoPositional(nn.Module):
-    """Leaves queries, keys and scores unchanged."""
+class NoPositional(PositionalBase):
+    """Leaves queries, keys and scores unchanged (everything :class:`PositionalBase` does)."""
 
     def __init__(self, config: NoPositionalConfig, dims: PositionalDims) -> None:
         super().__init__()
-
-    def check(self) -> list[str]:
-        return []
-
-    def prepare(self, positions: torch.Tensor) -> None:
-        return None
-
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, state: None):
-        return q, k
-
-    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
-        return None
 
 
 @hookimpl

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from plugformer.core import PositionalConfig, PositionalDims, hookimpl
+from plugformer.core import PositionalBase, PositionalConfig, PositionalDims, hookimpl
 
 
 @dataclass
@@ -22,7 +21,7 @@ class SinusoidalConfig(PositionalConfig):
     base: float = 10000.0  # the paper's 10000
 
 
-class Sinusoidal(nn.Module):
+class Sinusoidal(PositionalBase):
     """The paper's fixed sine/cosine position vectors, computed in float32."""
 
     def __init__(self, config: SinusoidalConfig, dims: PositionalDims) -> None:
@@ -44,15 +43,6 @@ class Sinusoidal(nn.Module):
         inv = self.config.base ** (-i / d)  # [d/2]
         angle = positions.to(torch.float32).unsqueeze(-1) * inv  # [B, S, d/2]
         return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)  # sin, cos pairs
-
-    def prepare(self, positions: torch.Tensor) -> None:
-        return None
-
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, state: None):
-        return q, k
-
-    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> None:
-        return None
 
 
 @hookimpl

@@ -6,7 +6,6 @@ class instead of claiming that nothing was quantized."""
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -58,15 +57,9 @@ class Int4Linear(nn.Module):
         )  # fmt: skip
 
 
-def _plugin(export: bool) -> types.ModuleType:
+def _plugin(export: bool, config_class) -> types.ModuleType:
     name = "int4_export" if export else "int4_plain"
-
-    @dataclass
-    class Config(QuantConfig):
-        name: str = ""
-
-    Config.__dataclass_fields__["name"].default = name
-    Config.__init__.__defaults__ = (name,)  # type: ignore[attr-defined]
+    Config = config_class(QuantConfig, name)
 
     class Int4:
         def __init__(self, config, spec):
@@ -99,10 +92,10 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def plugins():
+def plugins(config_class):
     loader.reset()
-    plugformer.register(_plugin(True))
-    plugformer.register(_plugin(False))
+    plugformer.register(_plugin(True, config_class))
+    plugformer.register(_plugin(False, config_class))
     yield
     loader.reset()
 

@@ -74,16 +74,13 @@ def test_family_group_and_model_family_must_agree(saved):
 
 
 # -- detection by confidence --------------------------------------------------------------------
-def _format_plugin(name: str, confidence: float, opened: list[str]) -> types.ModuleType:
+def _format_plugin(
+    name: str, confidence: float, opened: list[str], config_class
+) -> types.ModuleType:
     """A checkpoint format claiming any directory with config.json at ``confidence``; it opens
     it with the built-in hf format (what a format for a HF-like layout of its own would do)."""
 
-    @dataclass
-    class Config(CheckpointConfig):
-        name: str = ""
-
-    Config.__dataclass_fields__["name"].default = name
-    Config.__init__.__defaults__ = (name,)  # type: ignore[attr-defined]
+    Config = config_class(CheckpointConfig, name)
 
     class Format:
         def __init__(self, config, *context):
@@ -119,17 +116,17 @@ def fresh_plugins():
     loader.reset()
 
 
-def test_a_specific_format_wins_over_the_generic_hf_directory(saved, fresh_plugins):
+def test_a_specific_format_wins_over_the_generic_hf_directory(saved, fresh_plugins, config_class):
     opened: list[str] = []
-    plugformer.register(_format_plugin("mine", SPECIFIC, opened))
+    plugformer.register(_format_plugin("mine", SPECIFIC, opened, config_class))
     engine = plugformer.Engine.from_overrides([f"model.path={saved}"])
     assert opened == ["mine"]
     assert engine.logits(_ids()).shape == (1, 4, 258)
 
 
-def test_a_generic_claim_loses_to_nothing_but_ties_are_refused(saved, fresh_plugins):
+def test_a_generic_claim_loses_to_nothing_but_ties_are_refused(saved, fresh_plugins, config_class):
     opened: list[str] = []
-    plugformer.register(_format_plugin("twin", GENERIC, opened))  # ties with hf
+    plugformer.register(_format_plugin("twin", GENERIC, opened, config_class))  # ties with hf
     with pytest.raises(
         CheckpointError,
         match=r"claimed equally by the checkpoint formats 'hf' and 'twin'; choose one with "

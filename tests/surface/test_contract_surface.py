@@ -78,11 +78,11 @@ FROZEN_CORE_EXPORTS = [
     "ACTIVATIONS", "Attention", "AttentionConfig", "AttentionDims", "CONTRACT_VERSION",
     "Capability", "Checkpoint", "CheckpointConfig", "CheckpointFormat", "FamilyBase",
     "FamilyConfig", "MLP", "MLPConfig", "MLPDims", "ModelFamily", "ModelSpec", "Norm",
-    "NormConfig", "NormDims", "ParallelConfig", "ParallelStrategy", "PositionalConfig",
-    "PositionalDims", "PositionalEncoding", "QuantConfig", "QuantizedWeights", "Quantizer",
-    "STYLES", "Sampler", "SamplerConfig", "SamplingContext", "TensorPart", "Tokenizer",
-    "activation", "capability", "expect_shape", "generated_slots", "hookimpl", "knob",
-    "signed_penalty_problems",
+    "NormConfig", "NormDims", "ParallelConfig", "ParallelStrategy", "PositionalBase",
+    "PositionalConfig", "PositionalDims", "PositionalEncoding", "QuantConfig",
+    "QuantizedWeights", "Quantizer", "STYLES", "Sampler", "SamplerConfig", "SamplingContext",
+    "TensorPart", "Tokenizer", "activation", "capability", "expect_shape", "generated_slots",
+    "hookimpl", "knob", "signed_penalty_problems",
 ]  # fmt: skip
 
 FROZEN_API = [

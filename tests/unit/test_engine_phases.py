@@ -101,3 +101,17 @@ def test_the_phases_compose_by_hand():
     ids = torch.tensor([[256, 72, 105]])
     with torch.inference_mode():
         torch.testing.assert_close(model(ids), engine.model(ids), rtol=0, atol=0)
+
+
+def test_use_chat_template_is_a_generate_option():
+    engine = plugformer.Engine.from_overrides([TINY])
+    engine.tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    greedy = {"max_new_tokens": 2, "temperature": 0.0}
+    wrapped = engine.generate("hi", **greedy)
+    plain = engine.generate("hi", use_chat_template=False, **greedy)
+    assert wrapped.prompt_token_ids == list(b"[hi]")  # rendered, then encoded without BOS
+    assert plain.prompt_token_ids == [256, *b"hi"]  # plain text: BOS + bytes
+    streamed = [t for _, t in engine.stream("hi", use_chat_template=False, **greedy)]
+    assert streamed == plain.token_ids
+    with pytest.raises(plugformer.ValidationError, match="use_chat_template: expected a bool"):
+        engine.generate("hi", use_chat_template="yes", **greedy)

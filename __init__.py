@@ -5,8 +5,12 @@ The stable Python API:
 * :func:`compose` — Hydra overrides to a :class:`Config` of plain dataclasses;
 * :class:`Engine` — ``Engine(config)`` or ``Engine.from_overrides([...])``, then
   ``engine.generate(...)`` and ``engine.logits(...)``;
-* :func:`register` and :data:`hookimpl` — plugins defined in a user's own script.
+* :func:`register` and :data:`hookimpl` — plugins defined in a user's own script;
+* :func:`train` — a training run of a config (``plugformer.train(compose([...]))``), and
+  :class:`Trainer` for step-by-step use.
 """
+
+from typing import Any
 
 from plugformer.core import CONTRACT_VERSION, hookimpl
 from plugformer.core.config import Config, ModelConfig, compose
@@ -34,10 +38,21 @@ __all__ = [
     "PlugformerError",
     "PluginError",
     "RefusedError",
+    "Trainer",
     "UnknownNameError",
     "ValidationError",
     "__version__",
     "compose",
     "hookimpl",
     "register",
+    "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the training wing loads on first use: inference never imports it
+    if name in ("train", "Trainer"):
+        from plugformer.core.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'plugformer' has no attribute {name!r}")

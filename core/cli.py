@@ -28,6 +28,7 @@ commands:
   quantize   write a quantized model directory (GPTQ layout): plugformer quantize quant=gptq
              quant.bits=4 quant.group_size=64 output_dir=DIR; load it with model.path=DIR
   eval       plugformer eval perplexity data=<text file> [window=512 stride=256]
+  train      train or fine-tune: plugformer train train.data=FILE|DIR [train.steps=100 ...]
 
 Overrides are Hydra overrides: attention=mha, positional=alibi, model.seed=3, ...
 """
@@ -197,6 +198,20 @@ def _eval(overrides: list[str]) -> int:
     return eval_command(overrides)
 
 
+def _train(overrides: list[str]) -> int:
+    from plugformer.core.config import compose
+    from plugformer.core.train.trainer import train
+
+    summary = train(compose(overrides))
+    line = f"trained {summary['steps']} steps: loss {summary['loss']:.4f}"
+    if summary.get("eval_ppl") is not None:
+        line += f", eval loss {summary['eval_loss']:.4f} (perplexity {summary['eval_ppl']:.2f})"
+    print(line)
+    print(f"model: {summary['model_dir']} (plugformer generate model.path={summary['model_dir']})")
+    print(f"metrics: {summary['metrics']}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": _generate,
     "chat": _chat,
@@ -205,6 +220,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "bench": _bench,
     "quantize": _quantize,
     "eval": _eval,
+    "train": _train,
 }
 
 

@@ -33,17 +33,22 @@ from plugformer.core.errors import ConfigError, UnknownNameError
 from plugformer.core.interfaces.attention import AttentionConfig
 from plugformer.core.interfaces.checkpoint import CheckpointConfig
 from plugformer.core.interfaces.family import FamilyConfig
+from plugformer.core.interfaces.optimizer import OptimizerConfig
 from plugformer.core.interfaces.parallel import ParallelConfig
 from plugformer.core.interfaces.positional import PositionalConfig
 from plugformer.core.interfaces.quant import QuantConfig
 from plugformer.core.interfaces.sampler import SamplerConfig
+from plugformer.core.interfaces.schedule import ScheduleConfig
 from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.loader import Plugins, PluginSettings, get_plugins
 from plugformer.core.registry import Registry
 from plugformer.core.sampling import sampler_options
 
 #: Registry kinds that are config groups (``attention=gqa``, ``family=llama``).
-GROUP_KINDS = ("attention", "positional", "sampler", "parallel", "quant", "family", "checkpoint")
+GROUP_KINDS = (
+    "attention", "positional", "sampler", "parallel", "quant", "family", "checkpoint",
+    "optimizer", "schedule",
+)  # fmt: skip
 #: Kinds whose default option ``auto`` means "what the model has": its spec's attention and
 #: positional encoding, the family and checkpoint format detected from its files (also
 #: selectable as ``model.family`` / ``model.format``). Selecting a name makes that entry's own
@@ -80,6 +85,34 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    """The ``train`` group: one training run (``plugformer train``); values only."""
+
+    data: str | None = None  # a text / JSONL chat / Alpaca JSON file, or a directory of them
+    steps: int = 100  # optimizer steps
+    batch_size: int = 8  # sequences per optimizer step, over all ranks and accumulation steps
+    seq_len: int = 256  # tokens per sequence (at most the model's context)
+    grad_accum: int = 1  # micro-batches per optimizer step (splits batch_size; same result)
+    lr: float = 3e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float | None = 1.0  # max global gradient norm; None: no clipping
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA)
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory)
+    neftune_alpha: float = 0.0  # NEFTune embedding noise (Jain et al., 2023); 0: off
+    eval_fraction: float = 0.05  # held-out share of the examples
+    eval_every: int = 0  # steps between evaluations; 0: at the end only
+    save_every: int = 0  # steps between checkpoints; 0: at the end only
+    keep_last: int = 2  # checkpoints kept (older ones deleted)
+    output_dir: str = "runs/train"
+    resume: str = "false"  # auto | false | a checkpoint directory
+    seed: int = 0
+    log_every: int = 1  # steps between metrics lines (metrics.jsonl)
+    progress: bool = True  # a progress bar on stderr
+
+
+@dataclass
 class Config:
     """The composed configuration, as plain dataclasses (what ``plugformer.compose`` returns)."""
 
@@ -91,6 +124,9 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     family: FamilyConfig = field(default_factory=FamilyConfig)  # auto: detected
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # auto: detected
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # training only
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # training only
+    train: TrainConfig = field(default_factory=TrainConfig)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     prompt: str | None = None
     system_prompt: str | None = None  # chat: the system message (None: the template's own)

@@ -27,10 +27,12 @@ from plugformer.core.interfaces.checkpoint import CheckpointConfig
 from plugformer.core.interfaces.family import FamilyConfig
 from plugformer.core.interfaces.mlp import MLPConfig
 from plugformer.core.interfaces.norm import NormConfig
+from plugformer.core.interfaces.optimizer import OptimizerConfig
 from plugformer.core.interfaces.parallel import ParallelConfig
 from plugformer.core.interfaces.positional import PositionalConfig
 from plugformer.core.interfaces.quant import QuantConfig
 from plugformer.core.interfaces.sampler import SamplerConfig, neutral_value
+from plugformer.core.interfaces.schedule import ScheduleConfig
 
 #: Every registry kind and the config base class its entries' configs derive from.
 KINDS: dict[str, type] = {
@@ -43,6 +45,8 @@ KINDS: dict[str, type] = {
     "quant": QuantConfig,
     "family": FamilyConfig,
     "checkpoint": CheckpointConfig,
+    "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig,
 }
 
 

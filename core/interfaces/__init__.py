@@ -18,6 +18,12 @@ from plugformer.core.interfaces.family import (
 )
 from plugformer.core.interfaces.mlp import ACTIVATIONS, MLP, MLPConfig, MLPDims, activation
 from plugformer.core.interfaces.norm import Norm, NormConfig, NormDims
+from plugformer.core.interfaces.optimizer import (
+    Optimizer,
+    OptimizerConfig,
+    OptimizerSettings,
+    decay_groups,
+)
 from plugformer.core.interfaces.parallel import STYLES, ParallelConfig, ParallelStrategy
 from plugformer.core.interfaces.positional import (
     PositionalBase,
@@ -34,6 +40,7 @@ from plugformer.core.interfaces.sampler import (
     knob,
     signed_penalty_problems,
 )
+from plugformer.core.interfaces.schedule import Schedule, ScheduleConfig, ScheduleDims
 from plugformer.core.interfaces.spec import ModelSpec
 from plugformer.core.interfaces.tokenizer import Tokenizer
 
@@ -57,6 +64,9 @@ __all__ = [
     "Norm",
     "NormConfig",
     "NormDims",
+    "Optimizer",
+    "OptimizerConfig",
+    "OptimizerSettings",
     "ParallelConfig",
     "ParallelStrategy",
     "PositionalBase",
@@ -69,10 +79,14 @@ __all__ = [
     "Sampler",
     "SamplerConfig",
     "SamplingContext",
+    "Schedule",
+    "ScheduleConfig",
+    "ScheduleDims",
     "TensorPart",
     "Tokenizer",
     "activation",
     "capability",
+    "decay_groups",
     "expect_shape",
     "generated_slots",
     "knob",

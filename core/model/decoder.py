@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from plugformer.core.interfaces.attention import CAPABILITIES as ATTENTION_CAPABILITIES
@@ -226,6 +227,7 @@ class Decoder(nn.Module):
         self.spec = spec
         self.positional = positional
         self.fast = fast
+        self.activation_checkpointing = False
         kernel_window = capability(kernel, ATTENTION_CAPABILITIES, "window")
         windows = [w for w in (spec.sliding_window, kernel_window) if w]
         self.window: int | None = min(windows) if windows else None
@@ -298,10 +300,19 @@ class Decoder(nn.Module):
             bias = bias + extra.to(dtype)  # [B, H, S, T]
         return ForwardContext(bias, self.positional.prepare(positions), cache, slots)
 
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (training: less memory, one more forward per block; the gradients are the same)."""
+        self.activation_checkpointing = on
+
     def run_layers(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """Hidden states [B, S, hidden] through this model's blocks."""
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.layers:
-            h = block(h, ctx)
+            if recompute:
+                h = torch.utils.checkpoint.checkpoint(block, h, ctx, use_reentrant=False)
+            else:
+                h = block(h, ctx)
         return h
 
     def finish(self, h: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,14 @@ def spec_to_config(spec: ModelSpec) -> dict:
     return {"architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, **dataclasses.asdict(spec)}
 
 
-def save_decoder(model: torch.nn.Module, directory: str | Path) -> Path:
+def save_decoder(
+    model: torch.nn.Module, directory: str | Path, spec: ModelSpec | None = None
+) -> Path:
     """Write ``model`` (a :class:`~plugformer.core.model.decoder.Decoder`, unquantized and
-    whole) to ``directory``; a tied parameter is stored once, under its first name."""
-    spec = getattr(model, "spec", None)
+    whole) to ``directory``; a tied parameter is stored once, under its first name. ``spec``
+    (default: the model's) is what ``config.json`` records: pass the spec with the attention
+    and positional plugins the model actually ran with when they were chosen by override."""
+    spec = spec if spec is not None else getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise TypeError(
             f"save_decoder needs a Decoder with a ModelSpec, got {type(model).__name__}"

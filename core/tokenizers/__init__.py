@@ -26,7 +26,18 @@ from plugformer.core.errors import CheckpointError
 from plugformer.core.tokenizers.byte import ByteTokenizer
 from plugformer.core.tokenizers.hf import HFTokenizer, gguf_tokenizer
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "from_gguf_metadata", "from_hf_dir", "from_hf_json"]
+__all__ = [
+    "BYTE_TOKENIZER",
+    "ByteTokenizer",
+    "HFTokenizer",
+    "from_gguf_metadata",
+    "from_hf_dir",
+    "from_hf_json",
+    "save_tokenizer",
+]
+
+#: ``tokenizer_class`` in a ``tokenizer_config.json`` without ``tokenizer.json``: the bytes
+BYTE_TOKENIZER = "plugformer.ByteTokenizer"
 
 
 def from_hf_dir(path: str | os.PathLike[str]) -> HFTokenizer:
@@ -72,3 +83,33 @@ def from_gguf_metadata(metadata: Mapping[str, Any]) -> HFTokenizer:
     """The tokenizer in a GGUF file's ``tokenizer.*`` metadata (see
     :func:`~plugformer.core.tokenizers.hf.gguf_tokenizer`)."""
     return gguf_tokenizer(metadata)
+
+
+def save_tokenizer(tokenizer: Any, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write ``tokenizer`` beside a saved model so that :func:`from_hf_dir` (and
+    ``model.path=``) reads it back: ``tokenizer.json``, ``tokenizer_config.json`` (special
+    tokens, chat template) and the EOS ids in ``generation_config.json``; a
+    :class:`ByteTokenizer` as a ``tokenizer_config.json`` naming it. Returns the files."""
+    import json
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if isinstance(tokenizer, ByteTokenizer):
+        config: dict[str, Any] = {"tokenizer_class": BYTE_TOKENIZER}
+    elif isinstance(tokenizer, HFTokenizer):
+        tokenizer.backend.save(str(out / "tokenizer.json"))
+        written.append(out / "tokenizer.json")
+        config = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+        if tokenizer.chat_template:
+            config["chat_template"] = tokenizer.chat_template
+        gen = out / "generation_config.json"
+        ids = list(tokenizer.eos_token_ids)
+        if ids:
+            gen.write_text(json.dumps({"eos_token_id": ids[0] if len(ids) == 1 else ids}) + "\n")
+            written.append(gen)
+    else:
+        raise CheckpointError(f"cannot save a tokenizer of type {type(tokenizer).__name__}")
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    written.append(out / "tokenizer_config.json")
+    return written

@@ -25,6 +25,7 @@ from plugformer.core.checkpoints.safetensors import SafetensorsFile
 from plugformer.core.errors import CheckpointError
 from plugformer.core.interfaces.checkpoint import GENERIC, CheckpointConfig
 from plugformer.core.interfaces.tokenizer import Tokenizer
+from plugformer.core.tokenizers import BYTE_TOKENIZER, ByteTokenizer
 from plugformer.core.tokenizers.hf import HFTokenizer
 
 CONFIG = "config.json"
@@ -153,8 +154,19 @@ class HFCheckpoint:
 
     def tokenizer(self) -> Tokenizer | None:
         if not (self.directory / "tokenizer.json").is_file():
-            return None
+            return self._byte_tokenizer()
         return HFTokenizer.from_dir(self.directory)
+
+    def _byte_tokenizer(self) -> Tokenizer | None:
+        """The byte tokenizer when ``tokenizer_config.json`` names it (a saved random model)."""
+        path = self.directory / "tokenizer_config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            return None
+        if isinstance(config, dict) and config.get("tokenizer_class") == BYTE_TOKENIZER:
+            return ByteTokenizer()
+        return None
 
     def drop_pages(self) -> None:
         """Drop the files' mapped pages from resident memory (called by the loader)."""

@@ -18,10 +18,12 @@ from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.interfaces.family import ModelFamily
 from plugformer.core.interfaces.mlp import MLP
 from plugformer.core.interfaces.norm import Norm
+from plugformer.core.interfaces.optimizer import Optimizer
 from plugformer.core.interfaces.parallel import ParallelStrategy
 from plugformer.core.interfaces.positional import PositionalEncoding
 from plugformer.core.interfaces.quant import Quantizer
 from plugformer.core.interfaces.sampler import Sampler
+from plugformer.core.interfaces.schedule import Schedule
 from plugformer.core.registry import KINDS
 
 # 2.0: interfaces moved to core/interfaces/ and re-exported from plugformer.core; optional
@@ -45,6 +47,8 @@ FROZEN_KINDS = {
     "quant": "QuantConfig",
     "family": "FamilyConfig",
     "checkpoint": "CheckpointConfig",
+    "optimizer": "OptimizerConfig",
+    "schedule": "ScheduleConfig",
 }
 
 FROZEN_PROTOCOLS = {
@@ -58,6 +62,8 @@ FROZEN_PROTOCOLS = {
     ModelFamily: ["check", "spec_from_hf", "tensor_name", "tp_plan"],
     CheckpointFormat: ["check", "detect", "open"],
     Checkpoint: ["close", "tensor", "tensor_info", "tensor_names", "tokenizer"],
+    Optimizer: ["check", "load_state_dict", "state_dict", "step", "zero_grad"],
+    Schedule: ["__call__", "check"],
 }
 
 # every optional attribute the core reads from a plugin object: module -> {name: default}
@@ -78,11 +84,12 @@ FROZEN_CORE_EXPORTS = [
     "ACTIVATIONS", "Attention", "AttentionConfig", "AttentionDims", "CONTRACT_VERSION",
     "Capability", "Checkpoint", "CheckpointConfig", "CheckpointFormat", "FamilyBase",
     "FamilyConfig", "MLP", "MLPConfig", "MLPDims", "ModelFamily", "ModelSpec", "Norm",
-    "NormConfig", "NormDims", "ParallelConfig", "ParallelStrategy", "PositionalBase",
-    "PositionalConfig", "PositionalDims", "PositionalEncoding", "QuantConfig",
-    "QuantizedWeights", "Quantizer", "STYLES", "Sampler", "SamplerConfig", "SamplingContext",
-    "TensorPart", "Tokenizer", "activation", "capability", "expect_shape", "generated_slots",
-    "hookimpl", "knob", "signed_penalty_problems",
+    "NormConfig", "NormDims", "Optimizer", "OptimizerConfig", "OptimizerSettings",
+    "ParallelConfig", "ParallelStrategy", "PositionalBase", "PositionalConfig",
+    "PositionalDims", "PositionalEncoding", "QuantConfig", "QuantizedWeights", "Quantizer",
+    "STYLES", "Sampler", "SamplerConfig", "SamplingContext", "Schedule", "ScheduleConfig",
+    "ScheduleDims", "TensorPart", "Tokenizer", "activation", "capability", "decay_groups",
+    "expect_shape", "generated_slots", "hookimpl", "knob", "signed_penalty_problems",
 ]  # fmt: skip
 
 FROZEN_API = [
@@ -102,6 +109,8 @@ FROZEN_API = [
     "compose",
     "hookimpl",
     "register",
+    "train",
+    "Trainer",
 ]
 
 

@@ -1,0 +1,1 @@
+"""The training wing: the training loop, data readers, checkpoints and resume."""

@@ -1,0 +1,1 @@
+"""Built-in optimizer and learning-rate schedule plugins."""

@@ -69,6 +69,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.parallel.single",
     "plugformer.plugins.parallel.tensor",
     "plugformer.plugins.parallel.pipeline",
+    "plugformer.plugins.parallel.ddp",
     "plugformer.plugins.quant.none",
     "plugformer.plugins.quant.rtn",
     "plugformer.plugins.quant.gptq",

@@ -68,4 +68,12 @@ CAPABILITIES: dict[str, Capability] = {
         "computes when they differ from the model's (tensor parallel); the engine builds the "
         "kernel once, for those counts. Known right after construction (from the spec).",
     ),
+    "data_parallel": Capability(
+        False,
+        "bool: the strategy trains a replicated (or sharded) model on each rank's share of the "
+        "batch and averages the gradients over the ranks (ddp, fsdp); the trainer then gives "
+        "rank r its slice of every global batch and scales the loss by world_size so the "
+        "average is the global batch's mean. Strategies without it are inference-only, apart "
+        "from single.",
+    ),
 }

@@ -17,8 +17,9 @@ The kinds of file, chosen by extension, then by content:
   byte-level BPE tokenizers (GPT-2, Llama 3, SmolLM) give the same tokens as for the whole
   text, and a file is never held whole.
 * **JSONL** (``.jsonl``): one JSON object per line (blank lines skipped), chat or Alpaca below.
-* **JSON** (``.json``): a list of such objects (errors name the line where the item starts);
-  a ``.json`` file that holds one object per line is read as JSONL.
+* **JSON** (``.json``): a list of such objects, or one (errors name the line where the item
+  starts); read whole, as the standard library parses JSON, so large sets belong in JSONL. A
+  ``.json`` file that holds one object per line is read as JSONL.
 
 Records:
 
@@ -31,7 +32,8 @@ Records:
   prefixes of the whole conversation is refused naming the file and line. Without a template
   (``render_chat=None``) the conversation is written ``"<role>: <content>\\n"`` per message,
   an assistant turn as ``"assistant: "`` then its content and EOS (scored), after a BOS when
-  the tokenizer adds one.
+  the tokenizer adds one. ``render_chat`` is called with two positional arguments;
+  :func:`template_renderer` makes one from a tokenizer's template, as the engine renders it.
 * Alpaca, ``{"instruction": str, "input": str (optional), "output": str}``: with a template,
   the instruction (a blank line, then the input, if any) is the user's message and the output
   the assistant's; without one, the classic Alpaca prompt (:data:`ALPACA_PROMPT`,

@@ -26,12 +26,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from plugformer.core import builder
 from plugformer.core.config import Config, TrainConfig
 from plugformer.core.errors import ConfigError, PlugformerError
+from plugformer.core.interfaces.capability import capability
 from plugformer.core.interfaces.optimizer import OptimizerSettings
+from plugformer.core.interfaces.parallel import CAPABILITIES as PARALLEL_CAPABILITIES
 from plugformer.core.interfaces.schedule import ScheduleDims, lr_multiplier
 from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.model.decoder import Decoder
@@ -146,19 +149,31 @@ class Trainer:
         self.output_dir = Path(t.output_dir).expanduser()
         if self.rank == 0:
             _writable(self.output_dir)
+        self.data_parallel = bool(capability(r.parallel, PARALLEL_CAPABILITIES, "data_parallel"))
+        if self.world > 1 and not self.data_parallel:
+            raise ConfigError(
+                f"parallel={config.parallel.name} runs inference only; train with "
+                "parallel=single or parallel=ddp"
+            )
         self.resolved, self.opened = r, opened
         r.device = r.parallel.setup(r.device)
         self.device = r.device
         torch.manual_seed(t.seed)
-        model = builder.load(config, r, opened, builder.build_on_meta(r))
-        self.model = self.prepare_model(model)
+        module = self.prepare_model(builder.load(config, r, opened, builder.build_on_meta(r)))
+        self.module = module  # the decoder itself: its parameters, saving, evaluation
+        self.model = builder.parallelize(r, opened, module)  # what the forward runs
         self.tokenizer = r.tokenizer
         if self.tokenizer is None:
             raise ConfigError(
                 "train.data: this checkpoint has no tokenizer to encode the data with"
             )
         self.data = data.TrainData(
-            data.read_examples(t.data, self.tokenizer, t.seq_len, render_chat=self._renderer()),
+            data.read_examples(
+                t.data,
+                self.tokenizer,
+                t.seq_len,
+                render_chat=data.template_renderer(self.tokenizer),
+            ),
             seq_len=t.seq_len,
             eval_fraction=t.eval_fraction,
             seed=t.seed,
@@ -166,7 +181,7 @@ class Trainer:
         )
         # scored labels per train example: token i predicts label i + 1
         self._scored = [sum(1 for x in e.labels[1:] if x != data.IGNORE) for e in self.data.train]
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         settings = OptimizerSettings(t.lr, (float(t.betas[0]), float(t.betas[1])), t.weight_decay)
         self.optimizer = registry.build("optimizer", config.optimizer, named, settings)
         dims = ScheduleDims(t.steps, t.warmup_steps)
@@ -193,32 +208,6 @@ class Trainer:
             if t.neftune_alpha > 0 and model.embed is not None:
                 model.embed.register_forward_hook(_neftune(t.neftune_alpha))
         return model
-
-    def _renderer(self) -> Any:
-        template = getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            return None
-        from plugformer.core.tokenizers.chat import render_chat
-
-        tok = self.tokenizer
-        bos = (
-            tok.decode([tok.bos_token_id], skip_special_tokens=False)
-            if tok.bos_token_id is not None
-            else ""
-        )
-        eos = (
-            tok.decode([tok.eos_token_ids[0]], skip_special_tokens=False)
-            if tok.eos_token_ids
-            else ""
-        )
-
-        def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-            return render_chat(
-                template, messages, add_generation_prompt=add_generation_prompt,
-                bos_token=bos, eos_token=eos,
-            )  # fmt: skip
-
-        return render
 
     def _pad_id(self) -> int:
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else []
@@ -252,11 +241,17 @@ class Trainer:
         if total_tokens == 0:
             raise TrainingError(f"step {self.step_count + 1}: the batch has no scored token")
         loss_value = 0.0
+        # data parallel: the strategy averages gradients over the ranks; scaled by world_size,
+        # the average is the sum, so each token weighs 1 / total_tokens as in one process
+        scale = self.world if self.data_parallel else 1
         for k in range(t.grad_accum):
             ids, labels, valid = self.data.batch(mine[k * micro : (k + 1) * micro])
-            loss, _ = self.loss_sum(ids, labels, valid)
-            loss = loss / total_tokens
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            last = k == t.grad_accum - 1
+            with nullcontext() if last or self.world == 1 else self._no_sync():
+                loss, _ = self.loss_sum(ids, labels, valid)
+                loss = loss / total_tokens
+                scaled = loss * scale
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_value += float(loss.detach())
         loss_value = self._reduce(loss_value)
         if self.scaler:
@@ -294,9 +289,21 @@ class Trainer:
             return float(torch.linalg.vector_norm(torch.stack(norms)))
         return float(torch.nn.utils.clip_grad_norm_(grads, clip))
 
+    def _no_sync(self) -> Any:
+        """Skip the gradient all-reduce of a micro-batch that is not the step's last."""
+        if isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return nullcontext()
+
     def _reduce(self, value: float) -> float:
-        """The step's loss over every rank (one process: itself)."""
-        return value
+        """The step's loss summed over the ranks (each holds its micro-batches' share)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t)
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,16 +311,18 @@ class Trainer:
         """Mean token loss and perplexity of the held-out examples."""
         if not self.data.eval:
             return {}
-        self.model.eval()
+        self.module.eval()
         total, count = 0.0, 0
         bs = max(self.config.train.batch_size // max(self.config.train.grad_accum, 1), 1)
         for s in range(0, len(self.data.eval), bs):
             ids, labels, valid = self.data.batch(
                 list(range(s, min(s + bs, len(self.data.eval)))), "eval"
             )
-            loss, n = self.loss_sum(ids, labels, valid)
+            with self._autocast():
+                dev = self.device
+                loss, n = token_loss(self.module, ids.to(dev), labels.to(dev), valid.to(dev))
             total, count = total + float(loss), count + n
-        self.model.train()
+        self.module.train()
         mean = total / max(count, 1)
         return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}
 
@@ -327,7 +336,7 @@ class Trainer:
         if self.rank != 0:
             return None
         return checkpoint.save(
-            self.output_dir, self.step_count, self.model, self.optimizer, self.scheduler,
+            self.output_dir, self.step_count, self.module, self.optimizer, self.scheduler,
             self._state(), self.config.train.keep_last,
         )  # fmt: skip
 
@@ -351,7 +360,7 @@ class Trainer:
                 f"train.resume: {path} was made with another config; differing keys: "
                 + ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in differ[:6])
             )
-        state = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        state = checkpoint.load(path, self.module, self.optimizer, self.scheduler)
         self.step_count = int(state["step"])
         self.examples_seen = int(state["examples_seen"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
@@ -413,7 +422,7 @@ class Trainer:
         last = self.save_checkpoint()
         out = self.output_dir / "final"
         if self.rank == 0:
-            save_model(self.model, self.resolved, self.tokenizer, out)
+            save_model(self.module, self.resolved, self.tokenizer, out)
             report.plot(self.output_dir)
         return {
             "steps": self.step_count,

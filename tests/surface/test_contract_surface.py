@@ -73,7 +73,7 @@ FROZEN_CAPABILITIES = {
     "family": {"tensor_parts": None},
     "mlp": {"fuse_projections": None},
     "norm": {"plain_rms": False, "unit_offset": False},
-    "parallel": {"attention_heads": None},
+    "parallel": {"attention_heads": None, "data_parallel": False},
     "positional": {"embed": None},
     "quant": {"calibration": None, "keeps_checkpoint_quantization": False, "seconds": None},
     "quant.LAYER": {"keep_dtype": (), "kernel_tensors": None, "quantized_weights": None},

@@ -70,6 +70,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.parallel.tensor",
     "plugformer.plugins.parallel.pipeline",
     "plugformer.plugins.parallel.ddp",
+    "plugformer.plugins.parallel.fsdp",
     "plugformer.plugins.quant.none",
     "plugformer.plugins.quant.rtn",
     "plugformer.plugins.quant.gptq",

@@ -35,8 +35,6 @@ def save_decoder(
         raise TypeError(
             f"save_decoder needs a Decoder with a ModelSpec, got {type(model).__name__}"
         )
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict(keep_vars=True).items():
@@ -44,6 +42,14 @@ def save_decoder(
             continue  # tied (the head sharing the embedding): the loader re-ties it
         seen.add(id(tensor))
         tensors[name] = tensor.detach().cpu().contiguous().clone()
+    return save_weights(tensors, spec, directory)
+
+
+def save_weights(tensors: dict[str, torch.Tensor], spec: ModelSpec, directory: str | Path) -> Path:
+    """Write a decoder's ``tensors`` (our names, tied ones once) and ``spec`` to ``directory``
+    in plugformer's layout."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(spec_to_config(spec), indent=2) + "\n")
     return out

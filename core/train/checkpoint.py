@@ -1,8 +1,9 @@
 """Training checkpoints that survive faults: safetensors plus a small JSON state, never pickle.
 
 A checkpoint is a directory ``checkpoint-<step:06d>/`` holding ``model.safetensors`` (the
-decoder's tensors, tied ones once), ``optimizer.safetensors`` (the optimizer's per-parameter
-tensors, ``state.<param index>.<key>``, and the RNG state) and ``state.json`` (step, examples
+decoder's tensors, whole even when training sharded them, tied ones once),
+``optimizer.safetensors`` (the optimizer's per-parameter tensors, ``state/<param>/<key>``, and
+the RNG state) and ``state.json`` (step, examples
 seen, the optimizer's other values and groups, the schedule, the run's config). It is written
 under a temporary name in the same folder, flushed to disk, then renamed: a crash while
 saving leaves the previous checkpoints as they were and no half checkpoint that resume could
@@ -20,6 +21,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from plugformer.core.errors import CheckpointError
 
@@ -61,48 +69,65 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().cpu().contiguous() for n in first_names(state)}
 
 
+#: full (unsharded) state on the CPU; under FSDP every rank calls and rank 0 holds the result
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather(
+    model: torch.nn.Module, optimizer: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model's tensors (tied ones once) and the optimizer's state keyed by parameter name,
+    whole and on the CPU. A collective when the model is sharded (FSDP): every rank calls."""
+    names = first_names(model.state_dict(keep_vars=True))
+    full: dict[str, Any] = dict(get_model_state_dict(model, options=FULL))
+    weights = {n: full[n].detach().contiguous() for n in names if n in full}
+    optimizer_state: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=FULL))
+    return weights, optimizer_state
+
+
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer ``state_dict`` into its tensors and the JSON rest."""
+    """Split a name-keyed optimizer state into its tensors (``state/<param>/<key>``) and the
+    JSON rest."""
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
-    for index, entry in state["state"].items():
+    for param, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"state/{param}/{key}"] = value.detach().cpu().contiguous()
             else:
-                plain.setdefault(str(index), {})[key] = value
+                plain.setdefault(param, {})[key] = value
     return tensors, {"plain": plain, "param_groups": state["param_groups"]}
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
     for name, t in tensors.items():
-        if not name.startswith("state."):
-            continue
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = t
-    for index, values in rest["plain"].items():
-        state.setdefault(int(index), {}).update(values)
+        if name.startswith("state/"):
+            _, param, key = name.split("/", 2)
+            state.setdefault(param, {})[key] = t
+    for param, values in rest["plain"].items():
+        state.setdefault(param, {}).update(values)
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
 def save(
     output_dir: Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: Any,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     state: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically and delete all but the newest ``keep_last``."""
+    """Write ``checkpoint-<step>`` atomically (``weights`` and ``optimizer_state`` as
+    :func:`gather` returns them) and delete all but the newest ``keep_last``."""
     final = output_dir / f"checkpoint-{step:06d}"
     tmp = output_dir / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(unique_tensors(model.state_dict(keep_vars=True)), str(tmp / "model.safetensors"))
-    tensors, rest = _optimizer_tensors(optimizer.state_dict())
+    save_file(weights, str(tmp / "model.safetensors"))
+    tensors, rest = _optimizer_tensors(optimizer_state)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     _write_json(
@@ -143,24 +168,27 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore model, optimizer, schedule and RNG from checkpoint ``path``; returns its state."""
+    """Restore model, optimizer, schedule and RNG from checkpoint ``path`` (whole tensors: a
+    checkpoint of N ranks loads on M, sharded again when the model is); returns its state."""
     state = read_state(path)
     try:
         weights = load_file(str(path / "model.safetensors"))
         opt = load_file(str(path / "optimizer.safetensors"))
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"train.resume: cannot read {path}: {exc}") from None
-    aliases = set(model.state_dict()) - set(
-        first_names(model.state_dict(keep_vars=True))
-    )  # tied names
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    absent = [n for n in missing if n not in aliases]
+    names = first_names(model.state_dict(keep_vars=True))  # tied aliases need no tensor
+    absent = [n for n in names if n not in weights]
+    unexpected = [n for n in weights if n not in set(model.state_dict())]
     if unexpected or absent:
         raise CheckpointError(
             f"train.resume: {path} does not fit the model "
-            f"(missing {absent[:3]}, unexpected {list(unexpected)[:3]})"
+            f"(missing {absent[:3]}, unexpected {unexpected[:3]})"
         )
-    optimizer.load_state_dict(_optimizer_state(opt, state["optimizer"]))
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, dict(weights), options=options)
+    set_optimizer_state_dict(
+        model, optimizer, _optimizer_state(opt, state["optimizer"]), options=options
+    )
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(opt["rng.torch"])
     return state

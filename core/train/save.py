@@ -12,7 +12,7 @@ import torch
 
 from plugformer.core.builder import Resolved
 from plugformer.core.interfaces.spec import ModelSpec
-from plugformer.core.model.save import save_decoder
+from plugformer.core.model.save import save_weights
 from plugformer.core.tokenizers import save_tokenizer
 
 
@@ -32,9 +32,9 @@ def spec_as_built(r: Resolved) -> ModelSpec:
     )
 
 
-def save_model(model: torch.nn.Module, r: Resolved, tokenizer: Any, out: Path) -> Path:
-    """Write ``model`` and its tokenizer to ``out``."""
-    save_decoder(model, out, spec_as_built(r))
+def save_model(weights: dict[str, torch.Tensor], r: Resolved, tokenizer: Any, out: Path) -> Path:
+    """Write the model's ``weights`` (whole, tied ones once) and its tokenizer to ``out``."""
+    save_weights(weights, spec_as_built(r), out)
     if tokenizer is not None:
         save_tokenizer(tokenizer, out)
     return out

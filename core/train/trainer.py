@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -279,20 +281,36 @@ class Trainer:
         return {"step": self.step_count, "loss": loss_value, "lr": lr, "grad_norm": norm,
                 "tokens_per_s": tokens / max(seconds, 1e-9)}  # fmt: skip
 
+    def held(self) -> dict[str, int]:
+        """Parameter and optimizer-state elements this rank holds, and the model's total (under
+        FSDP a rank holds about 1/N of both)."""
+
+        def local(t: torch.Tensor) -> int:
+            return int(t.to_local().numel() if isinstance(t, DTensor) else t.numel())
+
+        state = [v for s in self.optimizer.state.values() for v in s.values()
+                 if isinstance(v, torch.Tensor) and v.ndim > 0]  # fmt: skip
+        total = sum(int(p.numel()) for p in self.params)  # a DTensor's numel is the whole
+        return {"param_numel": total, "rank_param_numel": sum(local(p) for p in self.params),
+                "rank_optimizer_numel": sum(local(v) for v in state)}  # fmt: skip
+
     def _clip(self) -> float:
         clip = self.config.train.clip_grad
         grads = [p for p in self.params if p.grad is not None]
         if clip is None:
             if not grads:
                 return 0.0
-            norms = [p.grad.norm() for p in grads if p.grad is not None]
-            return float(torch.linalg.vector_norm(torch.stack(norms)))
-        return float(torch.nn.utils.clip_grad_norm_(grads, clip))
+            norm = torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None])
+            return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        norm = torch.nn.utils.clip_grad_norm_(grads, clip)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     def _no_sync(self) -> Any:
         """Skip the gradient all-reduce of a micro-batch that is not the step's last."""
         if isinstance(self.model, DistributedDataParallel):
             return self.model.no_sync()
+        if isinstance(self.model, FSDPModule):
+            return _fsdp_no_sync(self.model)
         return nullcontext()
 
     def _reduce(self, value: float) -> float:
@@ -332,11 +350,13 @@ class Trainer:
                 "config": run_config(self.config)}  # fmt: skip
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of this step (rank 0 writes)."""
+        """Write a checkpoint of this step: every rank gathers (a collective when the model is
+        sharded), rank 0 writes."""
+        weights, optimizer_state = checkpoint.gather(self.module, self.optimizer)
         if self.rank != 0:
             return None
         return checkpoint.save(
-            self.output_dir, self.step_count, self.module, self.optimizer, self.scheduler,
+            self.output_dir, self.step_count, weights, optimizer_state, self.scheduler,
             self._state(), self.config.train.keep_last,
         )  # fmt: skip
 
@@ -406,6 +426,8 @@ class Trainer:
                     path = self.save_checkpoint()
                     raise Interrupted(f"interrupted at step {self.step_count}; saved {path}")
                 m = self.step()
+                if self.step_count == start_step + 1:  # what each rank holds, once
+                    m.update(self.held())
                 if self._due(t.eval_every):
                     m.update(self.evaluate())
                 if self._due(t.log_every) or self.step_count == t.steps:
@@ -421,8 +443,9 @@ class Trainer:
             self.metrics.write({"step": self.step_count, **final})
         last = self.save_checkpoint()
         out = self.output_dir / "final"
+        weights, _ = checkpoint.gather(self.module, self.optimizer)  # whole, on every rank
         if self.rank == 0:
-            save_model(self.module, self.resolved, self.tokenizer, out)
+            save_model(weights, self.resolved, self.tokenizer, out)
             report.plot(self.output_dir)
         return {
             "steps": self.step_count,
@@ -449,6 +472,15 @@ def token_loss(
     flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # [B*(S-1), V]
     loss = F.cross_entropy(flat, target.reshape(-1), ignore_index=data.IGNORE, reduction="sum")
     return loss, int((target != data.IGNORE).sum())
+
+
+@contextmanager
+def _fsdp_no_sync(model: FSDPModule) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def _main_thread() -> bool:

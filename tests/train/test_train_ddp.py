@@ -29,7 +29,8 @@ ARGS = ["model=tiny", f"train.data={DATA}", "train.seq_len=32", "train.batch_siz
 
 
 def _run(world: int, out: Path, *extra: str) -> list[dict]:
-    parallel = ["parallel=ddp", f"parallel.size={world}"] if world > 1 else []
+    explicit = any(a.startswith("parallel=") for a in extra)
+    parallel = ["parallel=ddp", f"parallel.size={world}"] if world > 1 and not explicit else []
     argv = ["-m", "plugformer", "train", *ARGS, f"train.output_dir={out}", *parallel, *extra]
     results = launch(world, argv, timeout=240)
     for rc, err in results:
@@ -62,3 +63,23 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(tmp_path):
     for r in ref:
         if r["step"] in losses:
             assert losses[r["step"]] == pytest.approx(r["loss"], rel=1e-5)
+
+
+def test_fsdp_two_ranks_equal_one_process_holding_half_each(tmp_path):
+    one = _run(1, tmp_path / "one")
+    two = _run(2, tmp_path / "two", "parallel=fsdp", "parallel.size=2")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    held = two[0]
+    # every block's tensors are split in two along their first dimension; the embedding,
+    # final norm and head at the root too: rank 0 holds half (odd sizes round up)
+    assert held["rank_param_numel"] == pytest.approx(held["param_numel"] / 2, rel=0.02)
+    # AdamW's exp_avg and exp_avg_sq per parameter element, sharded the same way
+    assert held["rank_optimizer_numel"] == pytest.approx(held["param_numel"], rel=0.02)
+    assert one[0]["rank_param_numel"] == one[0]["param_numel"]
+    w1 = load_file(str(checkpoint.complete(tmp_path / "one")[-1] / "model.safetensors"))
+    w2 = load_file(str(checkpoint.complete(tmp_path / "two")[-1] / "model.safetensors"))
+    assert w1.keys() == w2.keys()  # gathered whole: resumable on any number of ranks
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5)

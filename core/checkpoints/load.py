@@ -55,16 +55,22 @@ def open_checkpoint(
         )
         return fmt.open(p)
     claims: list[tuple[float, str, CheckpointFormat]] = []
+    refused: list[str] = []  # formats that cannot run here: they claim nothing
     for entry in registry.entries("checkpoint"):
-        fmt = registry.build("checkpoint", _format_config(registry, entry.name, options))
+        fmt = entry.builder(_format_config(registry, entry.name, options))
+        reasons = list(fmt.check())
+        if reasons:
+            refused.append(f"{entry.name} ({'; '.join(reasons)})")
+            continue
         confidence = float(fmt.detect(p))  # True counts as 1.0 (contract 1.x formats)
         if confidence > 0:
             claims.append((confidence, entry.name, fmt))
     if not claims:
         names = registry.names("checkpoint")
+        why = f"; refused here: {', '.join(refused)}" if refused else ""
         raise CheckpointError(
             f"model.path: no checkpoint format recognises {str(p)!r} "
-            f"(registered formats: {', '.join(names) if names else 'none'})"
+            f"(registered formats: {', '.join(names) if names else 'none'}{why})"
         )
     best = max(c for c, _, _ in claims)
     top = [(name, fmt) for c, name, fmt in claims if c == best]
@@ -88,7 +94,11 @@ def find_family(registry: Registry, hf_config: dict[str, Any], selected: Any = N
     if not isinstance(archs, list):
         archs = [archs]
     model_type = hf_config.get("model_type")
-    families = [registry.build("family", e.config()) for e in registry.entries("family")]
+    families = []  # a family that refuses to run here (a missing package) matches nothing
+    for entry in registry.entries("family"):
+        candidate = entry.builder(entry.config())
+        if not list(candidate.check()):
+            families.append(candidate)
     for fam in families:
         if any(a in fam.architectures for a in archs):
             return fam

@@ -228,3 +228,32 @@ def test_an_unknown_tensor_fails_the_load_naming_it(saved, tmp_path):
     save_file(tensors, str(out / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"unexpected tensors: layers\.0\.mystery\.weight"):
         plugformer.Engine.from_overrides([f"model.path={out}"])
+
+
+def test_a_format_that_refuses_here_takes_no_part_in_detection(saved, fresh_plugins, config_class):
+    Config = config_class(CheckpointConfig, "needs_pkg")
+
+    class NeedsPackage:
+        def __init__(self, config):
+            pass
+
+        def check(self):
+            return ["needs the package 'nowhere'"]
+
+        def detect(self, path):
+            raise AssertionError("a refusing format is never asked")
+
+    module = types.ModuleType("needs_pkg")
+
+    @plugformer.hookimpl
+    def plugformer_register(registry):
+        registry.register("checkpoint", "needs_pkg", NeedsPackage, Config)
+
+    module.plugformer_register = plugformer_register
+    plugformer.register(module)
+    engine = plugformer.Engine.from_overrides([f"model.path={saved}"])  # hf still loads it
+    assert engine.logits(_ids()).shape == (1, 4, 258)
+    with pytest.raises(plugformer.RefusedError, match="needs the package 'nowhere'"):
+        plugformer.Engine.from_overrides([f"model.path={saved}", "checkpoint=needs_pkg"])
+    with pytest.raises(CheckpointError, match=r"refused here: needs_pkg \(needs the package"):
+        plugformer.Engine.from_overrides([f"model.path={Path(__file__)}"])

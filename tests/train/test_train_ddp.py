@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from plugformer.core.train import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parallel"))
-from parallel_launch import launch  # noqa: E402
+from parallel_launch import launch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "train" / "stories.txt"
 ARGS = ["model=tiny", f"train.data={DATA}", "train.seq_len=32", "train.batch_size=4",

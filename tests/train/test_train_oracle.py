@@ -40,7 +40,7 @@ def _trainer(path: Path, tmp_path: Path, *extra: str) -> Trainer:
             f"train.output_dir={tmp_path / 'run'}",
             "train.progress=false",
             *extra,
-        ]  # fmt: skip
+        ]
     )
     return Trainer(config)
 

@@ -119,7 +119,7 @@ def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120.0) -> None
     while not predicate():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             raise AssertionError(f"never happened (rc {proc.returncode}): {err.decode()[-800:]}")
         time.sleep(0.05)
 
@@ -145,7 +145,7 @@ def test_sigint_saves_and_exits_with_one_line(tmp_path):
     proc = _spawn(out, "train.steps=400")
     _wait_for(lambda: (out / "metrics.jsonl").is_file(), proc)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     lines = stderr.decode().strip().splitlines()
     assert proc.returncode == 130
     assert lines[-1].startswith("plugformer: error: interrupted at step ")
@@ -176,3 +176,25 @@ def test_an_unwritable_output_directory_is_named(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"train\.output_dir: cannot write to .*file/run"):
         Trainer(_config(blocker / "run"))
+
+
+@pytest.mark.parametrize("name", ["chat.jsonl", "alpaca.json"])
+def test_chat_and_instruction_data_train_on_their_answers_only(tmp_path, name):
+    config = plugformer.compose(
+        [  # bytes as tokens: the classic Alpaca prompt alone is ~300 tokens
+            "model=tiny",
+            "model.spec.max_seq_len=640",
+            f"train.data={DATA / name}",
+            "train.seq_len=640",
+            "train.batch_size=2",
+            "train.steps=2",
+            "train.progress=false",
+            f"train.output_dir={tmp_path}",
+        ]
+    )
+    trainer = Trainer(config)
+    example = trainer.data.train[0]
+    scored = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label >= 0]
+    assert 0 < len(scored) < len(example.input_ids)  # the prompt is not scored
+    losses = [trainer.step()["loss"] for _ in range(2)]
+    assert all(0 < x < 10 for x in losses)

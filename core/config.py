@@ -217,6 +217,19 @@ def _keys_at(cfg: DictConfig, path: str) -> list[str]:
     return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
 
 
+def _paths_of_leaf(node: Any, leaf: str, path: str = "") -> list[str]:
+    """Full keys of ``node`` whose last part is ``leaf`` (shortest first)."""
+    found: list[str] = []
+    if isinstance(node, DictConfig):
+        for raw in node:
+            key = str(raw)
+            full = f"{path}.{key}" if path else key
+            if key == leaf and path:
+                found.append(full)
+            found.extend(_paths_of_leaf(node._get_node(raw), leaf, full))
+    return sorted(found, key=lambda p: (p.count("."), p))
+
+
 def _reject_extra_keys(node: Any, path: str = "") -> None:
     """Keys a ``+key=value`` override added beside a dataclass's fields would be dropped
     silently by the conversion to dataclasses; refuse them instead (``_target_`` included)."""
@@ -258,11 +271,20 @@ def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         leaf = key.rsplit(".", 1)[-1]
         others = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        composed: DictConfig | None = None
+        valid: list[str] = []
         try:
-            valid = _keys_at(_compose_raw(others), parent)
+            composed = _compose_raw(others)
+            valid = _keys_at(composed, parent)
         except Exception:
-            valid = []
+            pass
         text = f"{key}: unknown key"
+        # a key of another group first (temperature -> sampler.temperature), then a typo
+        elsewhere = _paths_of_leaf(composed, leaf) if composed is not None else []
+        if elsewhere:
+            return ConfigError(
+                f"{text}; did you mean {' or '.join(repr(p) for p in elsewhere[:3])}?"
+            )
         close = difflib.get_close_matches(leaf, valid, n=1)
         if close:
             text += f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?"

@@ -237,6 +237,16 @@ class BatchRun:
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids) if self.tok is not None else ""
 
+    def _final_text(self, decoder: IncrementalDecoder, ids: list[int]) -> str:
+        """The whole text of a finished row, decoded at once (as a tokenizer's own ``decode``
+        spaces it), without a character the budget or a stop token cut in half: when the
+        tokens after the last whole character end in a replacement character, they are an
+        unfinished UTF-8 sequence and are left out."""
+        text = self._decode(ids)
+        if text.endswith("\ufffd") and decoder.read < len(ids):
+            return self._decode(ids[: decoder.read])
+        return text
+
     def _accept(self, row: Row, token: int, raw: torch.Tensor | None, i: int) -> str:
         """Record ``token`` for ``row``; returns the text that may be shown now."""
         row.token_ids.append(token)
@@ -250,12 +260,12 @@ class BatchRun:
         if token in self.eos or token in self.stop_ids:
             row.finish_reason = "stop"
             row.stop_reason = token if token in self.stop_ids else None
-            row.text = self._decode(row.token_ids[:-1])
+            row.text = self._final_text(row.decoder, row.token_ids[:-1])
         else:
             row.text += row.decoder.push(token)
             if len(row.token_ids) >= row.budget:
                 row.finish_reason = "length"
-                row.text = self._decode(row.token_ids)  # with any unfinished character
+                row.text = self._final_text(row.decoder, row.token_ids)
         for s in self.req.stop:  # a stop string may span token boundaries
             at = row.text.find(s, max(0, row.shown - len(s)))
             if at >= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -24,12 +25,18 @@ def spec_to_config(spec: ModelSpec) -> dict:
 
 
 def save_decoder(
-    model: torch.nn.Module, directory: str | Path, spec: ModelSpec | None = None
+    model: torch.nn.Module,
+    directory: str | Path,
+    spec: ModelSpec | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write ``model`` (a :class:`~plugformer.core.model.decoder.Decoder`, unquantized and
     whole) to ``directory``; a tied parameter is stored once, under its first name. ``spec``
     (default: the model's) is what ``config.json`` records: pass the spec with the attention
-    and positional plugins the model actually ran with when they were chosen by override."""
+    and positional plugins the model actually ran with when they were chosen by override.
+    ``tokenizer`` (e.g. ``engine.tokenizer``) is saved beside it
+    (:func:`plugformer.core.tokenizers.save_tokenizer`), so the directory runs from the command
+    line with text prompts (``plugformer generate model.path=DIR "Hello"``)."""
     spec = spec if spec is not None else getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise TypeError(
@@ -42,7 +49,12 @@ def save_decoder(
             continue  # tied (the head sharing the embedding): the loader re-ties it
         seen.add(id(tensor))
         tensors[name] = tensor.detach().cpu().contiguous().clone()
-    return save_weights(tensors, spec, directory)
+    out = save_weights(tensors, spec, directory)
+    if tokenizer is not None:
+        from plugformer.core.tokenizers import save_tokenizer
+
+        save_tokenizer(tokenizer, out)
+    return out
 
 
 def save_weights(tensors: dict[str, torch.Tensor], spec: ModelSpec, directory: str | Path) -> Path:

@@ -198,6 +198,16 @@ class Trainer:
         self._stop = False
         self._resume()
 
+    def close(self) -> None:
+        """Leave the parallel strategy (its process group; a no-op for one process)."""
+        self.resolved.parallel.teardown()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- building ---------------------------------------------------------------------------
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Float parameters trainable, training mode, activation checkpointing and NEFTune."""
@@ -504,4 +514,5 @@ def _neftune(alpha: float) -> Any:
 
 def train(config: Config, plugins: Plugins | None = None) -> dict[str, Any]:
     """Run ``config``'s training (``plugformer.train``); returns the run's summary."""
-    return Trainer(config, plugins).run()
+    with Trainer(config, plugins) as trainer:
+        return trainer.run()

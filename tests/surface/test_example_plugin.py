@@ -118,6 +118,7 @@ def test_cli_generates_with_softcap_and_eta(installed):
         "sampler=eta",
         "sampler.eta_cutoff=0.001",
         "max_new_tokens=5",
+        "--quiet",  # no summary line: stderr must stay empty (no warning, no traceback)
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""

@@ -8,8 +8,9 @@
    kind a real engine is built with the component selected by override, and its values are
    checked against an independent computation: a float64 forward of the decoder written out
    below with torch (attention, positional, MLP, norm), the sampler's formula on logits,
-   quantization by hand and a save/reload (quant), and the built-in loading path (family,
-   checkpoint).
+   quantization by hand and a save/reload (quant), the built-in loading path (family,
+   checkpoint), the paper's update rule element by element and a real training run with a
+   resume (optimizer), and the schedule's formula at chosen steps (schedule).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ ENV_VARS = (loader.ENV_BLOCK, loader.ENV_DISABLE_AUTOLOAD, "PLUGFORMER_TRACEBACK
 TINY = "model=tiny"  # random Llama-style decoder: hidden 64, 2 layers, 4 heads over 2 KV heads
 NOPE = "positional=none"  # the float64 reference below has no rotary code
 IDS = torch.randint(0, 258, (2, 11), generator=torch.Generator().manual_seed(5))
+STORIES = ROOT / "tests" / "data" / "train" / "stories.txt"
+#: a short training run of model=tiny (the trainer's output_dir is added per test)
+TRAIN = [TINY, f"train.data={STORIES}", "train.seq_len=32", "train.batch_size=2",
+         "train.progress=false"]  # fmt: skip
 
 #: what the package registers: one component per registry kind
 COMPONENTS = {
@@ -62,6 +67,8 @@ COMPONENTS = {
     "family": "tinyllama_guide",
     "checkpoint": "guide_dir",
     "parallel": "threads",
+    "optimizer": "lion",
+    "schedule": "wsd",
 }
 
 # -- 1. the guide shows the package's files exactly ----------------------------------------------
@@ -183,7 +190,7 @@ def test_cli_generates_with_every_runtime_component(capsys):
         "generate", TINY, "prompt=hi", "max_new_tokens=4", "attention=sigmoid",
         "positional=scaled_sinusoidal", "model.spec.mlp=relu2", "model.spec.activation=relu",
         "model.spec.norm=scalenorm", "sampler=top_a", "sampler.top_a=0.3", "quant=int8_rows",
-        "parallel=threads", "seed=3",
+        "parallel=threads", "seed=3", "--quiet",  # no summary line: stderr stays empty
     ]  # fmt: skip
     threads = torch.get_num_threads()
     assert cli.main(args) == 0
@@ -722,3 +729,189 @@ def test_threads_sets_and_restores_the_thread_count(tiny):
     assert torch.get_num_threads() == before
     with pytest.raises(plugformer.RefusedError, match=r"parallel\.threads must be in \[1, "):
         engine(TINY, "parallel=threads", "parallel.threads=0")
+
+
+# -- optimizer ------------------------------------------------------------------------------------
+
+
+def lion_by_hand(
+    w: list[float], g: list[float], m: list[float], lr: float, wd: float, b1: float, b2: float
+) -> tuple[list[float], list[float]]:
+    """(w, m) after one Lion step (the paper's Algorithm 2), element by element in Python
+    floats: c = b1 m + (1 - b1) g; w -= lr (sign(c) + wd w); m = b2 m + (1 - b2) g."""
+    new_w, new_m = [], []
+    for wi, gi, mi in zip(w, g, m, strict=True):
+        c = b1 * mi + (1 - b1) * gi
+        sign = 1.0 if c > 0 else -1.0 if c < 0 else 0.0
+        new_w.append(wi - lr * (sign + wd * wi))
+        new_m.append(b2 * mi + (1 - b2) * gi)
+    return new_w, new_m
+
+
+def test_lion_steps_equal_the_paper_formula():
+    from plugformer.core import OptimizerSettings
+
+    lion = component("lion")
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.nn.Parameter(torch.randn(3, 4, generator=gen, dtype=torch.float64))
+    bias = torch.nn.Parameter(torch.randn(4, generator=gen, dtype=torch.float64))
+    lr, wd, b1, b2 = 0.01, 0.1, 0.8, 0.95  # the betas are Lion's own knobs, not train.betas
+    settings = OptimizerSettings(lr=lr, betas=(0.9, 0.999), weight_decay=wd)
+    opt = lion.Lion(lion.LionConfig(beta1=b1, beta2=b2), [("w", weight), ("b", bias)], settings)
+    assert opt.check() == []
+    assert [g["weight_decay"] for g in opt.param_groups] == [wd, 0.0]  # no decay on 1-D
+    g1 = {
+        "w": torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        "b": torch.randn(4, generator=gen, dtype=torch.float64),
+    }
+    g1["w"][0, 0] = 0.0  # sign(0) = 0: only the decay moves it
+    # step 2 against step 1's gradient, ten times smaller: the momentum wins the sign
+    grads = [g1, {k: -0.1 * v for k, v in g1.items()}, {k: v * 2 for k, v in g1.items()}]
+    params = {"w": weight, "b": bias}
+    hand = {k: (p.detach().flatten().tolist(), [0.0] * p.numel()) for k, p in params.items()}
+    for step, grad in enumerate(grads):
+        before = {k: p.detach().clone() for k, p in params.items()}
+        for k, p in params.items():
+            p.grad = grad[k].clone()
+            decay = wd if p.ndim >= 2 else 0.0
+            w, m = hand[k]
+            hand[k] = lion_by_hand(w, grad[k].flatten().tolist(), m, lr, decay, b1, b2)
+        opt.step()
+        for k, p in params.items():
+            expected_w, expected_m = (
+                torch.tensor(v, dtype=torch.float64).view_as(p) for v in hand[k]
+            )
+            torch.testing.assert_close(p.detach(), expected_w, rtol=0, atol=1e-15)
+            torch.testing.assert_close(opt.state[p]["exp_avg"], expected_m, rtol=0, atol=1e-15)
+        moved = bias.detach() - before["b"]
+        assert torch.allclose(moved.abs(), torch.full_like(moved, lr))  # a sign: lr per weight
+        if step == 1:  # against its own gradient: the momentum's direction, not g's
+            assert (moved * grad["b"] > 0).all()
+    assert weight.detach()[0, 0] != 0
+
+
+def lion_trainer(out: Path, *extra: str) -> plugformer.Trainer:
+    run = ["optimizer=lion", "train.steps=3", "train.lr=1e-3", "train.weight_decay=0.1"]
+    return plugformer.Trainer(plugformer.compose([*TRAIN, *run, f"train.output_dir={out}", *extra]))
+
+
+def test_lion_trains_tiny_and_resumes_bit_for_bit(tmp_path):
+    run = lion_trainer(tmp_path / "run")
+    assert type(run.optimizer).__name__ == "Lion" and run.optimizer.param_groups[0]["lr"] == 1e-3
+    named = dict(run.module.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    seen: dict[str, torch.Tensor] = {}  # the gradients the trainer hands the optimizer
+
+    def capture(optimizer, args, kwargs):
+        seen.update({n: p.grad.detach().clone() for n, p in named.items()})
+
+    hook = run.optimizer.register_step_pre_hook(capture)
+    eval_before = run.evaluate()["eval_loss"]
+    first = run.step()
+    hook.remove()
+    assert first["lr"] == 1e-3  # warm-up 0, cosine at its start: the full rate
+    # step 1: m = 0, so c = (1 - beta1) g and every weight moves by lr * (sign(g) + wd * w),
+    # clipping or not (a positive factor keeps the sign); wd only on weight matrices
+    for name, p in named.items():
+        w0, g = before[name].double(), seen[name].double()
+        wd = 0.1 if p.ndim >= 2 else 0.0
+        expected = w0 - 1e-3 * (torch.sign(g) + wd * w0)
+        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-6, atol=1e-9)
+        m = run.optimizer.state[p]["exp_avg"]
+        torch.testing.assert_close(m.double(), (1 - 0.99) * g, rtol=1e-6, atol=1e-12)
+    assert (seen["layers.0.attn.wq.weight"] != 0).all()  # the weights really moved
+    losses = [first["loss"], run.step()["loss"], run.step()["loss"]]
+    assert run.evaluate()["eval_loss"] < eval_before - 0.1  # it learns
+    full = {n: p.detach().clone() for n, p in named.items()}
+
+    # 2 steps, a checkpoint, then train.resume=auto for the third: the same floats
+    head = lion_trainer(tmp_path / "split")
+    assert [head.step()["loss"], head.step()["loss"]] == losses[:2]
+    saved = head.save_checkpoint()
+    assert saved is not None
+    stored = load_file(str(saved / "optimizer.safetensors"))
+    assert "state/layers.0.attn.wq.weight/exp_avg" in stored  # Lion's momentum, by name
+    tail = lion_trainer(tmp_path / "split", "train.resume=auto")
+    assert tail.step_count == 2 and type(tail.optimizer).__name__ == "Lion"
+    resumed = dict(tail.module.named_parameters())
+    for name, p in dict(head.module.named_parameters()).items():
+        assert torch.equal(
+            tail.optimizer.state[resumed[name]]["exp_avg"], head.optimizer.state[p]["exp_avg"]
+        ), name
+    assert tail.step()["loss"] == losses[2]
+    for name, value in full.items():
+        assert torch.equal(resumed[name].detach(), value), name
+
+
+def test_lion_refuses_its_knobs_out_of_range(tmp_path):
+    with pytest.raises(
+        plugformer.RefusedError,
+        match=r"optimizer 'lion' refused: optimizer\.beta2 must be in \[0, 1\), got 1\.0",
+    ):
+        lion_trainer(tmp_path / "bad", "optimizer.beta2=1.0")
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", ["linear", "sqrt"])
+def test_wsd_multipliers_equal_the_formula(decay):
+    from plugformer.core import ScheduleDims
+    from plugformer.core.interfaces.schedule import lr_multiplier
+
+    wsd = component("wsd")
+    dims = ScheduleDims(total_steps=21, warmup_steps=5)
+    schedule = wsd.WSD(wsd.WSDConfig(decay_fraction=0.2, min_ratio=0.1, decay=decay), dims)
+    assert schedule.check() == []
+    shape = math.sqrt if decay == "sqrt" else (lambda x: x)
+    # steps 0-4: warm-up (step + 1) / 6; steps 5-20 are progress 0, 1/15, ..., 1; the decay
+    # is the last 20% of that, progress 12/15 (step 17) to 1 (step 20)
+    expected = {0: 1 / 6, 4: 5 / 6, 5: 1.0, 11: 1.0, 17: 1.0, 18: 1 - 0.9 * shape(1 / 3),
+                19: 1 - 0.9 * shape(2 / 3), 20: 0.1}  # fmt: skip
+    for step, value in expected.items():
+        assert lr_multiplier(schedule, dims, step) == pytest.approx(value, rel=1e-12), step
+    stable = wsd.WSD(wsd.WSDConfig(decay_fraction=0.0), dims)  # never decays: constant
+    assert [lr_multiplier(stable, dims, s) for s in range(5, 21)] == [1.0] * 16
+
+
+def test_wsd_drives_the_trainers_learning_rate(tmp_path):
+    run = ["train.steps=6", "train.warmup_steps=1", "train.lr=0.01", "schedule=wsd",
+           "schedule.decay_fraction=0.5", "schedule.min_ratio=0.2",
+           "schedule.decay=sqrt"]  # fmt: skip
+    trainer = plugformer.Trainer(plugformer.compose([*TRAIN, *run, f"train.output_dir={tmp_path}"]))
+    lrs = [trainer.step()["lr"] for _ in range(6)]
+    # warm-up 1/2, then progress 0, 1/4, 2/4 (stable to 1 - 0.5), 3/4, 1 (the decay's end)
+    expected = [0.5, 1.0, 1.0, 1.0, 1 - 0.8 * math.sqrt(0.5), 0.2]
+    assert lrs == pytest.approx([0.01 * x for x in expected], rel=1e-12)
+
+
+def test_wsd_refuses_an_unknown_decay(tmp_path):
+    from plugformer.core import ScheduleDims
+
+    wsd = component("wsd")
+    bad = wsd.WSD(wsd.WSDConfig(decay_fraction=1.5, decay="cosine"), ScheduleDims(10, 0))
+    assert bad.check() == [
+        "schedule.decay_fraction must be in [0, 1], got 1.5",
+        "schedule.decay must be one of linear, sqrt, got 'cosine'",
+    ]
+    config = plugformer.compose(
+        [*TRAIN, "schedule=wsd", "schedule.decay=cosine", f"train.output_dir={tmp_path}"]
+    )
+    with pytest.raises(plugformer.RefusedError, match=r"schedule 'wsd' refused: schedule\.decay"):
+        plugformer.Trainer(config)
+
+
+def test_cli_trains_with_lion_and_wsd(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        *TRAIN,
+        "train.steps=2",
+        "optimizer=lion",
+        "train.lr=1e-3",
+        "schedule=wsd",
+        f"train.output_dir={out}",
+    ]
+    assert cli.main(args) == 0
+    assert "trained 2 steps: loss " in capsys.readouterr().out
+    assert engine(f"model.path={out / 'final'}").generate("Once", max_new_tokens=2).token_ids

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from plugformer.core import hookimpl
-from plugformer.core.interfaces.sampler import SamplerConfig, SamplingContext, knob
+from plugformer.core import SamplerConfig, SamplingContext, hookimpl, knob
 
 
 @dataclass

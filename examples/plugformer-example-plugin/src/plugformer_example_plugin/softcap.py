@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plugformer.core import hookimpl
-from plugformer.core.interfaces.attention import AttentionConfig, AttentionDims
+from plugformer.core import AttentionConfig, AttentionDims, hookimpl
 
 
 @dataclass

@@ -10,6 +10,7 @@ from plugformer.core import hookimpl
 from plugformer_guide_plugins import (
     guide_dir,
     int8_rows,
+    lion,
     relu2,
     scaled_sinusoidal,
     scalenorm,
@@ -17,6 +18,7 @@ from plugformer_guide_plugins import (
     threads,
     tinyllama_guide,
     top_a,
+    wsd,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +33,8 @@ COMPONENTS = (
     tinyllama_guide,
     guide_dir,
     threads,
+    lion,
+    wsd,
 )
 
 

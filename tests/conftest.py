@@ -58,3 +58,31 @@ def config_class() -> Callable[[type, str], type]:
         return dataclasses.make_dataclass(f"{name.title()}Config", [field], bases=(base,))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pip_install_target(tmp_path_factory) -> Callable[[Any, str], Any]:
+    """``pip_install_target(package_dir, marker)``: install a plugin package from the
+    repository with pip into a fresh target directory (no index, no build isolation, built from
+    a copy so build/ and *.egg-info never land in the repository); ``marker`` is a file that
+    must exist in the result. Returns the target directory, for ``sys.path``."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("setuptools")  # the build backend, used without build isolation
+
+    def install(package: Any, marker: str) -> Any:
+        src = tmp_path_factory.mktemp(f"{package.name}-src") / package.name
+        ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        shutil.copytree(package, src, ignore=ignore)
+        site = tmp_path_factory.mktemp(f"{package.name}-site")
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+               "--no-index", "--disable-pip-version-check", "--quiet", "--target", str(site),
+               str(src)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (site / marker).is_file(), marker
+        return site
+
+    return install

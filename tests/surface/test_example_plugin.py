@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,21 +32,9 @@ TINY = "model=tiny"  # the debug-size random model: no download, milliseconds pe
 
 
 @pytest.fixture(scope="session")
-def example_site(tmp_path_factory) -> Path:
+def example_site(pip_install_target) -> Path:
     """The example package installed with pip into a temporary target directory."""
-    pytest.importorskip("setuptools")  # the build backend, used without build isolation
-    # build from a copy, so setuptools' build/ and *.egg-info never land in the repository
-    src = tmp_path_factory.mktemp("example-src") / EXAMPLE.name
-    shutil.copytree(
-        EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    site = tmp_path_factory.mktemp("example-site")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
-    cmd += ["--no-index", "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (site / "plugformer_example_plugin" / "softcap.py").is_file()
-    return site
+    return pip_install_target(EXAMPLE, "plugformer_example_plugin/softcap.py")
 
 
 def _forget_example_modules() -> None:

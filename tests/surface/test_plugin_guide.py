@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -111,21 +110,9 @@ def test_guide_has_one_section_per_kind_and_names_each_component():
 
 
 @pytest.fixture(scope="session")
-def guide_site(tmp_path_factory) -> Path:
+def guide_site(pip_install_target) -> Path:
     """The guide's package installed with pip into a temporary target directory."""
-    pytest.importorskip("setuptools")  # the build backend, used without build isolation
-    # build from a copy, so setuptools' build/ and *.egg-info never land in the repository
-    src = tmp_path_factory.mktemp("guide-src") / PACKAGE.name
-    shutil.copytree(
-        PACKAGE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    site = tmp_path_factory.mktemp("guide-site")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
-    cmd += ["--no-index", "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (site / MODULE / "relu2.py").is_file()
-    return site
+    return pip_install_target(PACKAGE, f"{MODULE}/relu2.py")
 
 
 @pytest.fixture(autouse=True)

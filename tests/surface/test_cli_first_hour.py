@@ -175,6 +175,8 @@ def test_ctrl_c_while_starting_exits_130_with_a_newline():
         # a long generation (seconds), so the signal lands while the CLI works
         [*cmd, "model.spec.max_seq_len=4096", "max_new_tokens=4000", "ignore_eos=true"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a shell's background job starts with SIGINT ignored; a terminal's Ctrl-C does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the CLI is running: the loading line

@@ -111,7 +111,11 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 def _spawn(out: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "plugformer", "train", *TINY, f"train.output_dir={out}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # a shell's background job starts with SIGINT ignored; a terminal's Ctrl-C does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120.0) -> None:

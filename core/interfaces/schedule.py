@@ -48,3 +48,8 @@ def lr_multiplier(schedule: Schedule, dims: ScheduleDims, step: int) -> float:
         return (step + 1) / (dims.warmup_steps + 1)
     rest = max(dims.total_steps - dims.warmup_steps - 1, 1)
     return float(schedule(min((step - dims.warmup_steps) / rest, 1.0)))
+
+
+def min_ratio_problems(ratio: float) -> list[str]:
+    """Why ``schedule.min_ratio`` (the final lr as a fraction of ``train.lr``) is invalid."""
+    return [] if 0 <= ratio <= 1 else [f"schedule.min_ratio must be in [0, 1], got {ratio}"]

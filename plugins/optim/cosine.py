@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.schedule import ScheduleConfig, ScheduleDims
+from plugformer.core.interfaces.schedule import ScheduleConfig, ScheduleDims, min_ratio_problems
 
 
 @dataclass
@@ -23,8 +23,7 @@ class Cosine:
         self.config = config
 
     def check(self) -> list[str]:
-        r = self.config.min_ratio
-        return [] if 0 <= r <= 1 else [f"schedule.min_ratio must be in [0, 1], got {r}"]
+        return min_ratio_problems(self.config.min_ratio)
 
     def __call__(self, progress: float) -> float:
         r = self.config.min_ratio

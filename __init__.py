@@ -13,19 +13,27 @@ The stable Python API:
 from typing import Any
 
 from plugformer.core import CONTRACT_VERSION, hookimpl
-from plugformer.core.config import Config, ModelConfig, compose
-from plugformer.core.engine import Engine, Generation
-from plugformer.core.errors import (
-    CheckpointError,
-    ConfigError,
-    PlugformerError,
-    PluginError,
-    RefusedError,
-    UnknownNameError,
-    ValidationError,
-)
-from plugformer.core.loader import register
 from plugformer.core.version import __version__
+
+#: public name -> the module it lives in; loaded on first use (PEP 562), so that
+#: ``import plugformer`` (and ``plugformer --help``) does not import torch
+_LAZY: dict[str, str] = {
+    "CheckpointError": "plugformer.core.errors",
+    "Config": "plugformer.core.config",
+    "ConfigError": "plugformer.core.errors",
+    "Engine": "plugformer.core.engine",
+    "Generation": "plugformer.core.engine",
+    "ModelConfig": "plugformer.core.config",
+    "PlugformerError": "plugformer.core.errors",
+    "PluginError": "plugformer.core.errors",
+    "RefusedError": "plugformer.core.errors",
+    "Trainer": "plugformer.core.train.trainer",
+    "UnknownNameError": "plugformer.core.errors",
+    "ValidationError": "plugformer.core.errors",
+    "compose": "plugformer.core.config",
+    "register": "plugformer.core.loader",
+    "train": "plugformer.core.train.trainer",
+}
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -50,9 +58,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # the training wing loads on first use: inference never imports it
-    if name in ("train", "Trainer"):
-        from plugformer.core.train import trainer
+    if name in _LAZY:
+        import importlib
 
-        return getattr(trainer, name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'plugformer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

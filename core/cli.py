@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -149,6 +150,12 @@ def _plugins(overrides: list[str]) -> int:
         else:
             source, version = e.source.origin, "" if e.source.origin == "local" else _version()
         rows.append((e.kind, e.name, source, version, e.source.plugin))
+    # not registries, but names a user types the same way: the zoo and the quantized kernels
+    from plugformer.core.config import model_names
+    from plugformer.core.quant.linear import BACKENDS
+
+    rows += [("model", n, "zoo", _version(), f"conf/model/{n}.yaml") for n in model_names()]
+    rows += [("linear_kernel", n, "builtin", _version(), "plugformer.core.quant") for n in BACKENDS]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -617,19 +624,48 @@ def _train(overrides: list[str]) -> int:
 
 def _config(overrides: list[str]) -> int:
     from plugformer.core.commands.bench import model_label
-    from plugformer.core.config import compose_dictconfig, to_yaml
+    from plugformer.core.config import compose_dictconfig, to_config, to_yaml
 
     texts, overrides = take_text(overrides)
     cfg = compose_dictconfig(overrides)
     for key, value in texts.items():
         cfg[key] = value
+    header = ""
+    if cfg.model.path is not None or cfg.model.source is not None:
+        try:
+            spec, where = _checkpoint_spec(to_config(cfg))
+        except PlugformerError as exc:  # config still shows what was asked for
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            header = f"# model.spec: not read ({first})\n"
+        else:
+            if spec is not None:
+                cfg.model.spec = spec
+                header = f"# model.spec: read from {where}\n"
     if cfg.model.path is not None:
         # the checkpoint at model.path is what loads: name it, and drop the zoo entry's
         # download source, which composition keeps from the default model but nothing reads
         cfg.model.name = model_label(cfg.model)
         cfg.model.source = None
-    print(to_yaml(cfg), end="")
+    print(header + to_yaml(cfg), end="")
     return 0
+
+
+def _checkpoint_spec(config: Any) -> tuple[Any, str]:
+    """The spec of the model a config loads, read from its checkpoint's metadata (fetching the
+    zoo model first, as ``generate`` would), and where it came from; (None, "") for a
+    checkpoint whose family gives no spec."""
+    from plugformer.core.builder import open_model
+    from plugformer.core.loader import get_plugins
+
+    opened = open_model(config, get_plugins(config.plugins).registry)
+    if opened.checkpoint is None or opened.family is None:
+        return None, ""
+    spec = opened.family.spec_from_hf(opened.checkpoint.hf_config)
+    if spec is None:
+        return None, ""
+    model = config.model
+    where = model.path if model.path is not None else f"{model.source.member} ({model.name})"
+    return spec.upgraded(), where
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -667,6 +703,38 @@ def _error(exc: BaseException, show_tb: bool) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _exit_at_once_on_ctrl_c() -> Any:
+    """While torch, Hydra and the plugins import, Ctrl-C exits 130 at once.
+
+    Some third-party modules wrap their imports in ``try``/``except``: a KeyboardInterrupt raised
+    there is swallowed, or resurfaces later as a half-imported module ("cannot load module more
+    than once"). Nothing has been written yet, so leaving at once loses nothing."""
+
+    def leave(signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, b"\n")  # the shell prompt on its own line
+        os._exit(130)
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # not the main thread's default handler (ignored, or the caller's own): keep it
+        return
+    signal.signal(signal.SIGINT, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _import_heavy() -> None:
+    """The third-party imports every command pays, under :func:`_exit_at_once_on_ctrl_c` (the
+    plugins load later, with the command's ``plugins.block``/``plugins.allow``)."""
+    with _exit_at_once_on_ctrl_c():
+        import hydra  # noqa: F401
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+
+
 def _run(args: list[str], show_tb: bool) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         if len(args) > 1 and args[0] == "help" and args[1] in COMMAND_HELP:
@@ -693,6 +761,7 @@ def _run(args: list[str], show_tb: bool) -> int:
     try:
         if command not in _OPTIONS:
             rest = [a for a in rest if a not in ("--quiet", "-q")]
+        _import_heavy()
         return COMMANDS[command](rest)
     except (KeyboardInterrupt, BrokenPipeError):
         raise

@@ -205,7 +205,9 @@ def _check_choices(overrides: list[str], registry: Registry) -> None:
             if not isinstance(value, str):
                 raise ConfigError(f"{key}: expected one name out of {', '.join(valid)}")
             if value not in valid:
-                raise UnknownNameError(key if key != "model" else "model", value, valid)
+                if key == "model":
+                    raise UnknownNameError("model", value, valid)
+                raise registry.unknown(key, value, valid)
 
 
 def _keys_at(cfg: DictConfig, path: str) -> list[str]:
@@ -258,7 +260,7 @@ def _reject_extra_keys(node: Any, path: str = "") -> None:
         _reject_extra_keys(node._get_node(raw), full)
 
 
-def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
+def _explain(exc: Exception, overrides: list[str], registry: Registry | None = None) -> ConfigError:
     """A one-line ConfigError naming the full key and what was expected."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
@@ -279,6 +281,14 @@ def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
         except Exception:
             pass
         text = f"{key}: unknown key"
+        owners = _options_with_key(registry, parent, leaf) if registry is not None else []
+        if owners and composed is not None:  # positional.theta under positional=auto
+            chosen = composed[parent].name
+            pick = " or ".join(f"{parent}={o}" for o in owners[:3])
+            return ConfigError(
+                f"{text} of {parent}={chosen}; {leaf} belongs to {pick}: select it first "
+                f"({parent}={owners[0]} {key}=...)"
+            )
         # a key of another group first (temperature -> sampler.temperature), then a typo
         elsewhere = _paths_of_leaf(composed, leaf) if composed is not None else []
         if elsewhere:
@@ -299,6 +309,17 @@ def _explain(exc: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(f"{key}: {msg}")
 
 
+def _options_with_key(registry: Registry, kind: str, key: str) -> list[str]:
+    """The registered options of ``kind`` whose config has the field ``key``."""
+    if kind not in GROUP_KINDS:
+        return []
+    return [
+        name
+        for name in registry.names(kind)
+        if any(f.name == key for f in dataclasses.fields(registry.get(kind, name).config))
+    ]
+
+
 def _compose_raw(overrides: list[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -317,7 +338,7 @@ def compose_dictconfig(overrides: list[str], plugins: Plugins | None = None) -> 
         _reject_extra_keys(cfg)
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise _explain(exc, overrides) from exc
+        raise _explain(exc, overrides, plugins.registry) from exc
     return cfg
 
 

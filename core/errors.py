@@ -21,11 +21,11 @@ class ConfigError(PlugformerError, ValueError):
 class UnknownNameError(ConfigError, KeyError):
     """A name was looked up in a registry (or another closed set) and is not there."""
 
-    def __init__(self, what: str, name: str, valid: Iterable[str]) -> None:
+    def __init__(self, what: str, name: str, valid: Iterable[str], note: str | None = None) -> None:
         self.what = what
         self.name = name
         self.valid = sorted(valid)
-        msg = f"unknown {what} {name!r}"
+        msg = f"unknown {what} {name!r}" + (f" ({note})" if note else "")
         close = difflib.get_close_matches(name, self.valid, n=1) if isinstance(name, str) else []
         # "...; did you mean 'x'? Valid names: a, b" or "unknown ... 'y'. Valid names: a, b":
         # a sentence ends before the list either way; the list itself is comma-separated, last

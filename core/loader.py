@@ -203,6 +203,7 @@ def load_plugins(block: Iterable[str] = (), autoload: bool = True) -> Plugins:
     manager = pluggy.PluginManager(hookspec_module.PROJECT_NAME)
     manager.add_hookspecs(hookspec_module)
     registry = Registry()
+    registry.blocked = blocked
     plugins = Plugins(manager, registry, blocked, [])
     for name in blocked:
         manager.set_blocked(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,9 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._source: Source = Source("local", "<python>")
         self._listeners: list[Callable[[Entry], None]] = []
+        #: the plugin names blocked when this registry was filled (set by the loader), so that
+        #: an unknown name says it may be blocked rather than missing
+        self.blocked: frozenset[str] = frozenset()
 
     # -- used by plugins -------------------------------------------------------------------
     def register(
@@ -194,7 +197,22 @@ class Registry:
         try:
             return self._entries[kind][name]
         except KeyError:
-            raise UnknownNameError(kind, name, self._entries[kind]) from None
+            raise self.unknown(kind, name) from None
+
+    def unknown(self, kind: str, name: str, valid: Iterable[str] | None = None) -> UnknownNameError:
+        """The error for a name ``kind`` does not have, saying which blocked plugin it may be in
+        (``plugins.block``/``PLUGFORMER_BLOCK_PLUGINS``): the one whose last dotted part is
+        ``name`` (a built-in's module), or all of them."""
+        valid = self._entries[kind] if valid is None else valid
+        exact = sorted(b for b in self.blocked if b.rsplit(".", 1)[-1] == name)
+        if exact:
+            note = f"blocked by plugins.block: {', '.join(exact)}"
+        elif self.blocked:
+            names = ", ".join(sorted(self.blocked))
+            note = f"a blocked plugin may provide it; plugins.block: {names}"
+        else:
+            note = None
+        return UnknownNameError(kind, name, valid, note=note)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])

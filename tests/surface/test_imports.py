@@ -14,6 +14,8 @@ Rules (DESIGN.md, "Layers and wings"):
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,3 +184,19 @@ def test_no_import_circles():
     # package ``plugformer.core`` re-exports the interfaces, and they import nothing back
     cycles = _cycles()
     assert cycles == []
+
+
+def test_the_public_names_load_lazily_and_all_resolve():
+    """``import plugformer`` and ``import plugformer.core`` import no torch (the CLI's help
+    stays fast); every name of their ``__all__`` then resolves, and ``__all__`` is complete."""
+    code = (
+        "import sys, plugformer, plugformer.core as core; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert sorted(plugformer.__all__) == sorted(['CONTRACT_VERSION', '__version__', "
+        "'hookimpl', *plugformer._LAZY]); "
+        "[getattr(plugformer, n) for n in plugformer.__all__]; "
+        "[getattr(core, n) for n in core.__all__]; "
+        "assert 'AttentionConfig' in core.__all__ and 'AttentionConfig' in dir(core)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -225,14 +225,35 @@ def test_unknown_name_messages_are_punctuated(name, valid, message):
 def test_config_names_the_checkpoint_at_model_path(capsys, tmp_path):
     ckpt = tmp_path / "My-Checkpoint"
     assert cli.main(["config", f"model.path={ckpt}/"]) == 0
-    out = capsys.readouterr().out
+    header, out = capsys.readouterr().out.split("\n", 1)
+    assert header.startswith("# model.spec: not read (")  # there is no checkpoint there
     assert out.startswith(f"model:\n  name: My-Checkpoint\n  path: {ckpt}/\n  source: null\n")
     assert "smollm2" not in out.lower()
     assert cli.main(["config", f"model.path={ckpt}/model.Q4_1.gguf"]) == 0
     assert "  name: model.Q4_1.gguf\n" in capsys.readouterr().out
-    assert cli.main(["config"]) == 0  # no path: the zoo model, with its source
-    out = capsys.readouterr().out
+    assert cli.main(["config"]) == 0
+    header, out = capsys.readouterr().out.split("\n", 1)
+    assert header.startswith("# model.spec: read from ")
+    assert "\n    max_seq_len: 8192\n" in out  # SmolLM2's own context, not the default 2048
     assert out.startswith("model:\n  name: smollm2-135m-instruct\n  path: null\n  source:\n")
+
+
+def test_config_shows_the_spec_read_from_the_checkpoint(capsys, tiny_hf_llama, tmp_path):
+    """``plugformer config`` shows the spec of the model that loads, not the zeros of the
+    composed default: the sizes and context length of the checkpoint's own config."""
+    hf = tiny_hf_llama(max_position_embeddings=333)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    assert cli.main(["config", f"model.path={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# model.spec: read from {tmp_path}\n")
+    c = hf.config
+    for key, value in [
+        ("vocab_size", c.vocab_size), ("hidden_size", c.hidden_size),
+        ("num_layers", c.num_hidden_layers), ("num_heads", c.num_attention_heads),
+        ("num_kv_heads", c.num_key_value_heads), ("intermediate_size", c.intermediate_size),
+        ("max_seq_len", 333),
+    ]:  # fmt: skip
+        assert f"\n    {key}: {value}\n" in out, key
 
 
 def test_bench_reports_the_checkpoint_it_loaded(tiny_hf_llama, tmp_path):

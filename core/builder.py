@@ -155,9 +155,12 @@ def build_on_meta(r: Resolved) -> Decoder:
         return Decoder(r.spec, r.kernel, r.positional, r.parts, NativeDecodePath())
 
 
-def load(config: Config, r: Resolved, opened: Opened, model: Decoder) -> Decoder:
+def load(
+    config: Config, r: Resolved, opened: Opened, model: Decoder, packed: bool = False
+) -> Decoder:
     """Phase ``load``: the checkpoint's weights assigned to the meta model (its quantized
-    layers swapped in first), or random weights (``model.seed``) without a checkpoint."""
+    layers swapped in first), or random weights (``model.seed``) without a checkpoint.
+    ``packed``: GGUF blocks stay quantized also in float32 (an adapter's frozen base)."""
     checkpoint, family = opened.checkpoint, opened.family
     if checkpoint is None or family is None:
         model = Decoder(r.spec, r.kernel, r.positional, r.parts, NativeDecodePath())
@@ -166,7 +169,8 @@ def load(config: Config, r: Resolved, opened: Opened, model: Decoder) -> Decoder
     # float32 on the CPU computes the exact dequantized matmul unless a kernel is named
     # (core/quant/linear.py): GGUF blocks load dense, the same values without a copy
     dense = (
-        r.dtype == torch.float32
+        not packed
+        and r.dtype == torch.float32
         and r.device.type == "cpu"
         and config.linear_kernel in ("auto", "dequant")
     )

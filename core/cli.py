@@ -612,12 +612,20 @@ def _train(overrides: list[str]) -> int:
     from plugformer.core.config import compose
     from plugformer.core.train.trainer import train
 
-    summary = train(compose(overrides))
+    config = compose(overrides)
+    summary = train(config)
     line = f"trained {summary['steps']} steps: loss {summary['loss']:.4f}"
     if summary.get("eval_ppl") is not None:
         line += f", eval loss {summary['eval_loss']:.4f} (perplexity {summary['eval_ppl']:.2f})"
     print(line)
-    print(f"model: {summary['model_dir']} (plugformer generate model.path={summary['model_dir']})")
+    if summary.get("adapter_dir"):
+        base = config.model.path if config.model.path is not None else config.model.name
+        where = f"model.path={base}" if config.model.path is not None else f"model={base}"
+        out = summary["adapter_dir"]
+        print(f"adapter: {out} (plugformer generate {where} adapter.path={out})")
+    else:
+        out = summary["model_dir"]
+        print(f"model: {out} (plugformer generate model.path={out})")
     print(f"metrics: {summary['metrics']}")
     return 0
 

@@ -30,6 +30,7 @@ from omegaconf.errors import (
 from omegaconf.errors import ValidationError as OmegaValidationError
 
 from plugformer.core.errors import ConfigError, UnknownNameError
+from plugformer.core.interfaces.adapter import AdapterConfig
 from plugformer.core.interfaces.attention import AttentionConfig
 from plugformer.core.interfaces.checkpoint import CheckpointConfig
 from plugformer.core.interfaces.family import FamilyConfig
@@ -47,14 +48,15 @@ from plugformer.core.sampling import sampler_options
 #: Registry kinds that are config groups (``attention=gqa``, ``family=llama``).
 GROUP_KINDS = (
     "attention", "positional", "sampler", "parallel", "quant", "family", "checkpoint",
-    "optimizer", "schedule",
+    "optimizer", "schedule", "adapter",
 )  # fmt: skip
 #: Kinds whose default option ``auto`` means "what the model has": its spec's attention and
 #: positional encoding, the family and checkpoint format detected from its files (also
-#: selectable as ``model.family`` / ``model.format``). Selecting a name makes that entry's own
+#: selectable as ``model.family`` / ``model.format``), the adapter saved at ``adapter.path``
+#: (none without a path). Selecting a name makes that entry's own
 #: fields settable by override (``checkpoint=hf checkpoint.allow_pickle=true``).
 AUTO = "auto"
-AUTO_KINDS = ("attention", "positional", "family", "checkpoint")
+AUTO_KINDS = ("attention", "positional", "family", "checkpoint", "adapter")
 CONFIG_MODULE = "plugformer.conf"
 SCHEMA_NAME = "plugformer_schema"
 
@@ -126,6 +128,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # auto: detected
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # training only
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # training only
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # auto: adapter.path's, or none
     train: TrainConfig = field(default_factory=TrainConfig)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     prompt: str | None = None
@@ -157,7 +160,9 @@ def sync_config_store(registry: Registry) -> None:
         for entry in registry.entries(kind):
             node = samplers[entry.name] if kind == "sampler" else entry.config
             store.store(group=kind, name=entry.name, node=node)
-        if kind in AUTO_KINDS:
+        if kind == "adapter":  # auto: adapter.path (and its target_modules) still settable
+            store.store(group=kind, name=AUTO, node=AdapterConfig(name=AUTO))
+        elif kind in AUTO_KINDS:
             store.store(group=kind, name=AUTO, node={"name": AUTO})
 
 

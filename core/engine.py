@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from plugformer.core.adapters import peft as adapter_files
+from plugformer.core.adapters import setup as adapter_setup
+from plugformer.core.adapters.attach import adapters_of
+from plugformer.core.adapters.targets import hf_module_names
 from plugformer.core.builder import DTYPES, build_model  # noqa: F401 (DTYPES: public name)
 from plugformer.core.config import Config, compose
 from plugformer.core.errors import ConfigError, ValidationError
@@ -43,6 +48,7 @@ class Engine:
             raise ConfigError(f"Engine needs a plugformer Config, got {type(config).__name__}")
         self.config = config
         self.plugins = plugins or get_plugins(config.plugins)
+        adapter_setup.check_composition(config)
         opened, r, model = build_model(config, self.plugins.registry)
         self.spec, self.dtype, self.device = r.spec, r.dtype, r.device
         self.attention_config, self.positional_config = r.attention_config, r.positional_config
@@ -51,12 +57,53 @@ class Engine:
         self._tokenizer = r.tokenizer
         self.model = model
         self.family, self.checkpoint = opened.family, opened.checkpoint
+        self._opened = opened
+        adapter_setup.apply(model, self.plugins.registry, r.spec, opened, config, config.seed)
         self._eos = self._eos_ids()
         self.plugins.manager.hook.plugformer_engine_ready(engine=self)
 
     def close(self) -> None:
         """Leave the parallel strategy's process group (a no-op for one process)."""
         self.parallel.teardown()
+
+    # -- adapters -----------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded on this engine (the config's is ``default``)."""
+        return list(adapters_of(self.model).by_name)
+
+    def load_adapter(self, path: str, name: str | None = None) -> str:
+        """Load the PEFT adapter directory ``path`` beside the others, under ``name`` (default:
+        the directory's name); select it per request with ``generate(..., adapter=name)``."""
+        if self.parallel.world_size > 1:
+            raise ConfigError("adapter: not with a parallel strategy yet; use parallel=single")
+        from pathlib import Path
+
+        name = name or Path(path).expanduser().resolve().name
+        if name == adapter_setup.NO_ADAPTER or name in self.adapters:
+            raise ConfigError(f"adapter: the name {name!r} is taken; pass another name=")
+        opened = self._opened
+        names = hf_module_names(self.model, opened.checkpoint, opened.family, self.spec)
+        adapter_files.load(self.model, self.plugins.registry, self.spec, path, names, name)
+        return name
+
+    def _routing(self, adapter: Any, n_rows: int) -> Any:
+        """The routing context of one request: ``adapter`` None (the default: the config's
+        adapter, if any), a name (``"none"``: the base model alone) or one per prompt."""
+        record = adapters_of(self.model)
+        if adapter is None:
+            return contextlib.nullcontext()
+        rows = [adapter] * n_rows if isinstance(adapter, str) else list(adapter)
+        if len(rows) != n_rows:
+            raise ValidationError(f"adapter: {len(rows)} names for {n_rows} prompts")
+        known = [*record.by_name, adapter_setup.NO_ADAPTER]
+        for r in rows:
+            if not isinstance(r, str) or r not in known:
+                raise ValidationError(
+                    f"adapter: {r!r} is not a loaded adapter (loaded: {', '.join(known)})"
+                )
+        per_row = [None if r == adapter_setup.NO_ADAPTER else r for r in rows]
+        return record.routing.use([], per_row)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -125,10 +172,15 @@ class Engine:
         return ids.to(device=self.device, dtype=torch.long)
 
     @torch.inference_mode()
-    def logits(self, token_ids: Any, last_only: bool = False) -> torch.Tensor:
+    def logits(
+        self, token_ids: Any, last_only: bool = False, adapter: str | list[str] | None = None
+    ) -> torch.Tensor:
         """Logits [batch, seq, vocab] (float32) of a full forward pass without a cache;
-        ``last_only``: of the last position only, [batch, 1, vocab] (a prompt's prefill)."""
-        out = self.model(self._as_batch(token_ids), last_only=last_only).float()
+        ``last_only``: of the last position only, [batch, 1, vocab] (a prompt's prefill);
+        ``adapter``: as for :meth:`generate`."""
+        batch = self._as_batch(token_ids)
+        with self._routing(adapter, batch.shape[0]):
+            out = self.model(batch, last_only=last_only).float()
         release_free_memory()  # the pass's activations: the heap would keep them
         return out
 
@@ -246,11 +298,13 @@ class Engine:
         if not prompts:
             raise ValidationError("prompt: expected a non-empty string, token ids, or a list")
         template = options.pop("use_chat_template", None)
+        routing = self._routing(options.pop("adapter", None), len(prompts))
         ids = [self._prompt_ids(x, template) for x in prompts]  # type: ignore[arg-type]
         req = self._make_request(len(ids), max_new_tokens=max_new_tokens, **options)
         run = self._run(ids, req)
-        for _ in run.steps():
-            pass
+        with routing:
+            for _ in run.steps():
+                pass
         release_free_memory()  # the KV cache and activations: the heap would keep them
         results = [self._result(r) for r in run.rows]
         self.plugins.manager.hook.plugformer_generation_done(engine=self, results=results)
@@ -278,10 +332,11 @@ class Engine:
         last token arrives) and never show a stop string, even one that spans tokens;
         options as for :meth:`generate`."""
         template = options.pop("use_chat_template", None)
+        routing = self._routing(options.pop("adapter", None), 1)
         req = self._make_request(1, max_new_tokens=max_new_tokens, **options)
         run = self._run([self._prompt_ids(prompt, template)], req)
         row = run.rows[0]
-        with torch.inference_mode():
+        with torch.inference_mode(), routing:
             for step in run.steps():
                 for _, delta in step:
                     yield delta, row.token_ids[-1]

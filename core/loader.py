@@ -79,6 +79,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugformer.plugins.optim.cosine",
     "plugformer.plugins.optim.linear",
     "plugformer.plugins.optim.constant",
+    "plugformer.plugins.adapters.lora",
+    "plugformer.plugins.adapters.dora",
     "plugformer.plugins.models.llama",
     "plugformer.plugins.models.mistral",
     "plugformer.plugins.models.mixtral",

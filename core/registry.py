@@ -22,6 +22,7 @@ from plugformer.core.errors import (
     RefusedError,
     UnknownNameError,
 )
+from plugformer.core.interfaces.adapter import AdapterConfig
 from plugformer.core.interfaces.attention import AttentionConfig
 from plugformer.core.interfaces.checkpoint import CheckpointConfig
 from plugformer.core.interfaces.family import FamilyConfig
@@ -47,6 +48,7 @@ KINDS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "optimizer": OptimizerConfig,
     "schedule": ScheduleConfig,
+    "adapter": AdapterConfig,
 }
 
 

@@ -6,6 +6,13 @@ and the optional capabilities the core reads, declared with their defaults. Ever
 re-exported from :mod:`plugformer.core`, the one place plugin authors import from.
 """
 
+from plugformer.core.interfaces.adapter import (
+    Adapter,
+    AdapterConfig,
+    AdapterDims,
+    AdapterLayer,
+    base_weight,
+)
 from plugformer.core.interfaces.attention import Attention, AttentionConfig, AttentionDims
 from plugformer.core.interfaces.capability import Capability, capability
 from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointConfig, CheckpointFormat
@@ -48,6 +55,10 @@ __all__ = [
     "ACTIVATIONS",
     "MLP",
     "STYLES",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterDims",
+    "AdapterLayer",
     "Attention",
     "AttentionConfig",
     "AttentionDims",
@@ -85,6 +96,7 @@ __all__ = [
     "TensorPart",
     "Tokenizer",
     "activation",
+    "base_weight",
     "capability",
     "decay_groups",
     "expect_shape",

@@ -74,11 +74,14 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def gather(
-    model: torch.nn.Module, optimizer: Any
+    model: torch.nn.Module, optimizer: Any, only: set[str] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The model's tensors (tied ones once) and the optimizer's state keyed by parameter name,
-    whole and on the CPU. A collective when the model is sharded (FSDP): every rank calls."""
+    """The model's tensors (tied ones once; with ``only``, those names alone: an adapter's) and
+    the optimizer's state keyed by parameter name, whole and on the CPU. A collective when the
+    model is sharded (FSDP): every rank calls."""
     names = first_names(model.state_dict(keep_vars=True))
+    if only is not None:
+        names = [n for n in names if n in only]
     full: dict[str, Any] = dict(get_model_state_dict(model, options=FULL))
     weights = {n: full[n].detach().contiguous() for n in names if n in full}
     optimizer_state: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=FULL))
@@ -167,9 +170,16 @@ def read_state(path: Path) -> dict[str, Any]:
     return value
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore model, optimizer, schedule and RNG from checkpoint ``path`` (whole tensors: a
-    checkpoint of N ranks loads on M, sharded again when the model is); returns its state."""
+def load(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    only: set[str] | None = None,
+) -> dict[str, Any]:
+    """Restore model (``only`` those tensors, as :func:`gather` saved them), optimizer, schedule
+    and RNG from checkpoint ``path`` (whole tensors: a checkpoint of N ranks loads on M,
+    sharded again when the model is); returns its state."""
     state = read_state(path)
     try:
         weights = load_file(str(path / "model.safetensors"))
@@ -177,6 +187,8 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> 
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"train.resume: cannot read {path}: {exc}") from None
     names = first_names(model.state_dict(keep_vars=True))  # tied aliases need no tensor
+    if only is not None:
+        names = [n for n in names if n in only]
     absent = [n for n in names if n not in weights]
     unexpected = [n for n in weights if n not in set(model.state_dict())]
     if unexpected or absent:

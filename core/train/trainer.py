@@ -32,6 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from plugformer.core import builder
+from plugformer.core.adapters import peft as adapter_files
+from plugformer.core.adapters import setup as adapter_setup
 from plugformer.core.config import Config, TrainConfig
 from plugformer.core.errors import ConfigError, PlugformerError
 from plugformer.core.interfaces.capability import capability
@@ -143,10 +145,12 @@ class Trainer:
             raise ConfigError("; ".join(problems))
         if t.precision == "fp16" and r.device.type != "cuda":
             raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 on the CPU)")
-        if config.quant.name != "none":
+        self.adapted = adapter_setup.wanted(config)
+        adapter_setup.check_composition(config)
+        if config.quant.name != "none" and not self.adapted:
             raise ConfigError(
                 f"quant={config.quant.name}: full training updates float weights; train "
-                "first, then quantize the saved model"
+                "first, then quantize the saved model (or train an adapter: adapter=lora)"
             )
         self.output_dir = Path(t.output_dir).expanduser()
         if self.rank == 0:
@@ -161,7 +165,13 @@ class Trainer:
         r.device = r.parallel.setup(r.device)
         self.device = r.device
         torch.manual_seed(t.seed)
-        module = self.prepare_model(builder.load(config, r, opened, builder.build_on_meta(r)))
+        # an adapter trains over the base as stored: quantized layers stay packed (QLoRA)
+        module = builder.load(config, r, opened, builder.build_on_meta(r), packed=self.adapted)
+        if self.adapted:
+            module = builder.quantize(r, module)
+        module = self.prepare_model(module)
+        if self.adapted:
+            adapter_setup.apply(module, registry, r.spec, opened, config, t.seed)
         self.module = module  # the decoder itself: its parameters, saving, evaluation
         self.model = builder.parallelize(r, opened, module)  # what the forward runs
         self.tokenizer = r.tokenizer
@@ -190,6 +200,8 @@ class Trainer:
         schedule = registry.build("schedule", config.schedule, dims)
         self.scheduler = LambdaLR(self.optimizer, lambda s: lr_multiplier(schedule, dims, s))
         self.params = [p for _, p in named]
+        #: what checkpoints hold: every tensor, or an adapter's alone
+        self.saved_names = {n for n, _ in named} if self.adapted else None
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.step_count = 0
         self.examples_seen = 0
@@ -212,14 +224,20 @@ class Trainer:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Float parameters trainable, training mode, activation checkpointing and NEFTune."""
         t = self.config.train
-        for p in model.parameters():
-            p.requires_grad_(p.is_floating_point())
+        for p in model.parameters():  # an adapter's base stays frozen
+            p.requires_grad_(p.is_floating_point() and not self.adapted)
         model.train()
         if isinstance(model, Decoder):
             model.set_activation_checkpointing(t.activation_checkpointing)
             if t.neftune_alpha > 0 and model.embed is not None:
                 model.embed.register_forward_hook(_neftune(t.neftune_alpha))
         return model
+
+    def _base_name(self) -> str:
+        """The base model as ``model.path=`` or the zoo names it (PEFT's
+        ``base_model_name_or_path``)."""
+        m = self.config.model
+        return str(m.path) if m.path is not None else m.name
 
     def _pad_id(self) -> int:
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else []
@@ -362,7 +380,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of this step: every rank gathers (a collective when the model is
         sharded), rank 0 writes."""
-        weights, optimizer_state = checkpoint.gather(self.module, self.optimizer)
+        weights, optimizer_state = checkpoint.gather(self.module, self.optimizer, self.saved_names)
         if self.rank != 0:
             return None
         return checkpoint.save(
@@ -390,7 +408,7 @@ class Trainer:
                 f"train.resume: {path} was made with another config; differing keys: "
                 + ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in differ[:6])
             )
-        state = checkpoint.load(path, self.module, self.optimizer, self.scheduler)
+        state = checkpoint.load(path, self.module, self.optimizer, self.scheduler, self.saved_names)
         self.step_count = int(state["step"])
         self.examples_seen = int(state["examples_seen"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
@@ -453,10 +471,15 @@ class Trainer:
             self.metrics.write({"step": self.step_count, **final})
         last = self.save_checkpoint()
         out = self.output_dir / "final"
-        weights, _ = checkpoint.gather(self.module, self.optimizer)  # whole, on every rank
-        if self.rank == 0:
-            save_model(weights, self.resolved, self.tokenizer, out)
-            report.plot(self.output_dir)
+        if self.adapted:  # a PEFT adapter directory: plugformer generate adapter.path=OUT
+            if self.rank == 0:
+                adapter_files.save(self.module, out, base_model=self._base_name())
+                report.plot(self.output_dir)
+        else:
+            weights, _ = checkpoint.gather(self.module, self.optimizer)  # whole, on every rank
+            if self.rank == 0:
+                save_model(weights, self.resolved, self.tokenizer, out)
+                report.plot(self.output_dir)
         return {
             "steps": self.step_count,
             "first_step": start_step + 1,
@@ -466,7 +489,8 @@ class Trainer:
             "eval_ppl": final.get("eval_ppl"),
             "tokens": self.tokens_seen,
             "checkpoint": str(last) if last else None,
-            "model_dir": str(out),
+            "model_dir": None if self.adapted else str(out),
+            "adapter_dir": str(out) if self.adapted else None,
             "metrics": str(self.output_dir / report.METRICS),
         }
 

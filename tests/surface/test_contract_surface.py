@@ -13,6 +13,7 @@ import pytest
 import plugformer
 import plugformer.core
 from plugformer.core import CONTRACT_VERSION, hookspec
+from plugformer.core.interfaces.adapter import Adapter, AdapterLayer
 from plugformer.core.interfaces.attention import Attention
 from plugformer.core.interfaces.checkpoint import Checkpoint, CheckpointFormat
 from plugformer.core.interfaces.family import ModelFamily
@@ -27,8 +28,9 @@ from plugformer.core.interfaces.schedule import Schedule
 from plugformer.core.registry import KINDS
 
 # 2.0: interfaces moved to core/interfaces/ and re-exported from plugformer.core; optional
-# capabilities declared (FROZEN_CAPABILITIES); 1.x module paths kept as deprecated aliases
-FROZEN_VERSION = "2.0"
+# capabilities declared (FROZEN_CAPABILITIES); 1.x module paths kept as deprecated aliases.
+# 2.1: the adapter kind (core/interfaces/adapter.py), added; nothing else changed
+FROZEN_VERSION = "2.1"
 
 FROZEN_HOOKS = {
     # name: (signature, historic, firstresult)
@@ -49,6 +51,7 @@ FROZEN_KINDS = {
     "checkpoint": "CheckpointConfig",
     "optimizer": "OptimizerConfig",
     "schedule": "ScheduleConfig",
+    "adapter": "AdapterConfig",
 }
 
 FROZEN_PROTOCOLS = {
@@ -64,6 +67,8 @@ FROZEN_PROTOCOLS = {
     Checkpoint: ["close", "tensor", "tensor_info", "tensor_names", "tokenizer"],
     Optimizer: ["check", "load_state_dict", "state_dict", "step", "zero_grad"],
     Schedule: ["__call__", "check"],
+    Adapter: ["check", "make", "peft_config"],
+    AdapterLayer: ["forward", "merged_weight"],
 }
 
 # every optional attribute the core reads from a plugin object: module -> {name: default}

@@ -39,6 +39,8 @@ commands:
              quant.bits=4 quant.group_size=64 output_dir=DIR; load it with model.path=DIR
   eval       plugformer eval perplexity data=<text file> [window=512 stride=256]
   train      train or fine-tune: plugformer train train.data=FILE|DIR [train.steps=100 ...]
+             (adapter=lora: LoRA/QLoRA, saved as a PEFT directory)
+  merge      fold an adapter into the weights: plugformer merge adapter.path=DIR output_dir=OUT
 
 Overrides are Hydra overrides: attention=mha, positional=alibi, model.seed=3, ...
 --traceback (or PLUGFORMER_TRACEBACK=1) shows the traceback of an error.
@@ -49,7 +51,8 @@ _GROUPS = """\
 override groups (plugformer plugins lists the names; plugformer config shows the values):
   model=NAME | model.path=DIR|FILE   a zoo model (default smollm2-135m-instruct) or a checkpoint
   attention=  positional=  sampler=  parallel=  quant=  family=  checkpoint=
-  optimizer=  schedule=  (training)   e.g. sampler=top_p sampler.top_p=0.9 sampler.temperature=0.8
+  optimizer=  schedule=  (training)   adapter=lora|dora | adapter.path=DIR (a PEFT adapter)
+  e.g. sampler=top_p sampler.top_p=0.9 sampler.temperature=0.8
 """
 
 _RUN_KEYS = """\
@@ -132,7 +135,16 @@ Perplexity of a text file.
 usage: plugformer train train.data=FILE|DIR [train.steps=100 train.lr=3e-4 ...]
 
 Train or fine-tune any composition (see the README's Training section; plugformer config
-shows every train.* key and its default).
+shows every train.* key and its default). With adapter=lora (or dora) only an adapter trains,
+over the frozen (and possibly quantized: QLoRA) base; it is saved as a PEFT directory:
+  plugformer train adapter=lora adapter.r=16 adapter.target_modules=all-linear train.data=F
+
+{_GROUPS}""",
+    "merge": f"""\
+usage: plugformer merge adapter.path=DIR output_dir=OUT [key=value ...]
+
+Fold an adapter (a PEFT directory) into its base model's weights and write the merged model;
+plugformer generate model.path=OUT then runs it without the adapter.
 
 {_GROUPS}""",
 }
@@ -608,6 +620,12 @@ def _eval(overrides: list[str]) -> int:
     return eval_command(overrides)
 
 
+def _merge(overrides: list[str]) -> int:
+    from plugformer.core.commands.merge import merge_command
+
+    return merge_command(overrides)
+
+
 def _train(overrides: list[str]) -> int:
     from plugformer.core.config import compose
     from plugformer.core.train.trainer import train
@@ -685,6 +703,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "quantize": _quantize,
     "eval": _eval,
     "train": _train,
+    "merge": _merge,
 }
 
 _QUOTE_HINT = (

@@ -72,7 +72,7 @@ def attach(
             module = AdaptedLinear(module, record.routing)
             swap_module(model, path, module)
         base = module.base
-        sizes = int(base.in_features), int(base.out_features)  # type: ignore[arg-type]
+        sizes = int(base.in_features), int(base.out_features)
         dims = AdapterDims(*sizes, hf_names.get(path, path))
         layer = adapter.make(base, dims, generator)
         device = next(iter(base.buffers()), None)

@@ -66,7 +66,7 @@ class AdaptedLinear(nn.Module):
         out: torch.Tensor = self.base(x)
         return out
 
-    def _apply(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _run_adapter(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         adapter = self.adapters[name]
         dtype = next(adapter.parameters()).dtype
         y: torch.Tensor = adapter(x.to(dtype), out.to(dtype), self.base)
@@ -79,12 +79,12 @@ class AdaptedLinear(nn.Module):
         if rows is None:
             for name in self.routing.active:
                 if name in self.adapters:
-                    out = self._apply(name, x, out)
+                    out = self._run_adapter(name, x, out)
             return out
         if len(rows) != x.shape[0]:
             raise ValueError(f"adapter routing names {len(rows)} rows, the batch has {x.shape[0]}")
         mixed = out.clone()
         for name in dict.fromkeys(r for r in rows if r is not None and r in self.adapters):
             index = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            mixed[index] = self._apply(name, x[index], out[index])
+            mixed[index] = self._run_adapter(name, x[index], out[index])
         return mixed

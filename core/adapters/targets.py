@@ -81,10 +81,10 @@ def select(
     head = {n for n in linear if n == "head" or n.endswith(".head")}
     if isinstance(targets, str) and targets != ALL_LINEAR:  # PEFT: one string is a regex
         regex = re.compile(targets)
-        chosen = [n for n in linear if regex.fullmatch(hf_names.get(n, n)) or regex.fullmatch(n)]
-        if not chosen:
+        hit = [n for n in linear if regex.fullmatch(hf_names.get(n, n)) or regex.fullmatch(n)]
+        if not hit:
             raise ConfigError(f"{where}: the pattern {targets!r} matches no linear layer")
-        return chosen
+        return hit
     wanted = [targets] if isinstance(targets, str) else list(targets)
     if not wanted:
         raise ConfigError(f"{where}: empty; name the layers (e.g. [q_proj,v_proj] or all-linear)")

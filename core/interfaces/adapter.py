@@ -89,6 +89,8 @@ def base_weight(base: nn.Module, dtype: torch.dtype = torch.float32) -> torch.Te
     quantized layer's dequantized (a temporary copy: use it and let it go)."""
     dequantize = getattr(base, "dequantize", None)
     if callable(dequantize):
-        weight: torch.Tensor = dequantize(dtype)
-        return weight
-    return base.weight.to(dtype)  # type: ignore[operator]
+        dense: torch.Tensor = dequantize(dtype)
+        return dense
+    weight = base.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.to(dtype)

@@ -44,7 +44,7 @@ def _slices(layer: Any) -> list[tuple[int, int]]:
 
 class _QuantMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, layer: Any) -> torch.Tensor:
         # x: [..., in] -> [..., out]
         ctx.layer = layer
         out = x.new_empty(*x.shape[:-1], layer.out_features)
@@ -55,7 +55,7 @@ class _QuantMatmul(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         layer = ctx.layer
         dx = None
         for a, b in _slices(layer):

@@ -16,9 +16,11 @@ from plugformer.core.model.save import save_weights
 from plugformer.core.tokenizers import save_tokenizer
 
 
-def spec_as_built(r: Resolved) -> ModelSpec:
+def spec_as_built(r: Resolved | Any) -> ModelSpec:
     """The spec with the attention and positional plugins (and their fields) the model was
-    built with, also when they were chosen by override (``positional=alibi``)."""
+    built with, also when they were chosen by override (``positional=alibi``); ``r`` is the
+    builder's :class:`Resolved` or an :class:`~plugformer.Engine` (both carry ``spec``,
+    ``attention_config`` and ``positional_config``)."""
 
     def fields(config: Any) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(config).items() if k != "name"}

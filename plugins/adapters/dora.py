@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugformer.core import hookimpl
+from plugformer.core.adapters.lowrank import LowRankAdapter, LowRankConfig, LowRankLayer
 from plugformer.core.interfaces.adapter import AdapterDims, base_weight
-from plugformer.plugins.adapters.lora import Lora, LoraConfig, LoraLayer
 
 
 @dataclass
-class DoraConfig(LoraConfig):
+class DoraConfig(LowRankConfig):
     name: str = "dora"
 
 
-class DoraLayer(LoraLayer):
+class DoraLayer(LowRankLayer):
     """LoRA's ``A`` and ``B`` plus the magnitude vector."""
 
     def __init__(self, dims: AdapterDims, r: int, scaling: float, dropout: float) -> None:
@@ -58,7 +58,7 @@ class DoraLayer(LoraLayer):
         return direction * (self.lora_magnitude_vector.view(-1, 1) / norm)
 
 
-class Dora(Lora):
+class Dora(LowRankAdapter):
     """Builds :class:`DoraLayer` s: LoRA's, with the magnitude set from the base weight."""
 
     layer = DoraLayer

@@ -2,107 +2,29 @@
 arXiv:2106.09685): ``y = base(x) + B(A(dropout(x))) * scaling`` with ``A`` [r, in] and ``B``
 [out, r], ``scaling = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``, Kalajdzievski 2023).
 
-``init=default`` draws ``A`` as ``nn.Linear`` does (Kaiming-uniform, a = sqrt(5)) and
-``init=gaussian`` from N(0, 1/r); ``B`` starts at zero either way, so a new adapter changes
-nothing until it trains. The tensors are named as PEFT names them (``lora_A.weight``,
-``lora_B.weight``) and the config is PEFT's ``LoraConfig``.
+The low-rank layer and its initialisation are the core's
+(:mod:`plugformer.core.adapters.lowrank`); the tensors are named as PEFT names them and the
+config is PEFT's ``LoraConfig``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from plugformer.core import hookimpl
-from plugformer.core.interfaces.adapter import AdapterConfig, AdapterDims
-
-INITS = ("default", "gaussian")
+from plugformer.core.adapters.lowrank import LowRankAdapter, LowRankConfig
 
 
 @dataclass
-class LoraConfig(AdapterConfig):
+class LoraConfig(LowRankConfig):
     name: str = "lora"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    rslora: bool = False  # scaling alpha / sqrt(r) instead of alpha / r
-    init: str = "default"  # default (Kaiming-uniform A) | gaussian (A ~ N(0, 1/r)); B = 0
 
 
-class LoraLayer(nn.Module):
-    """One layer's ``A`` and ``B`` (see the module docstring)."""
+class Lora(LowRankAdapter):
+    """Plain LoRA layers."""
 
-    def __init__(self, dims: AdapterDims, r: int, scaling: float, dropout: float) -> None:
-        super().__init__()
-        self.lora_A = nn.Linear(dims.in_features, r, bias=False)
-        self.lora_B = nn.Linear(r, dims.out_features, bias=False)
-        self.scaling = scaling
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [..., in] -> [..., out]
-        out: torch.Tensor = self.lora_B(self.lora_A(x)) * self.scaling
-        return out
-
-    def forward(self, x: torch.Tensor, base_out: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return base_out + self.delta(self.dropout(x))
-
-    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.scaling * (self.lora_B.weight @ self.lora_A.weight)
-
-
-class Lora:
-    """Builds :class:`LoraLayer` s for a config."""
-
-    layer = LoraLayer
     peft_fields: dict[str, Any] = {"use_dora": False}
-
-    def __init__(self, config: LoraConfig, spec: Any = None) -> None:
-        self.config = config
-
-    def check(self) -> list[str]:
-        c, problems = self.config, []
-        if isinstance(c.r, bool) or not isinstance(c.r, int) or c.r <= 0:
-            problems.append(f"adapter.r must be a positive integer, got {c.r!r}")
-        if not c.alpha > 0:
-            problems.append(f"adapter.alpha must be > 0, got {c.alpha}")
-        if not 0 <= c.dropout < 1:
-            problems.append(f"adapter.dropout must be in [0, 1), got {c.dropout}")
-        if c.init not in INITS:
-            problems.append(f"adapter.init must be one of {', '.join(INITS)}, got {c.init!r}")
-        return problems
-
-    @property
-    def scaling(self) -> float:
-        c = self.config
-        return c.alpha / (math.sqrt(c.r) if c.rslora else c.r)
-
-    def make(self, base: nn.Module, dims: AdapterDims, generator: torch.Generator) -> nn.Module:
-        layer = self.layer(dims, self.config.r, self.scaling, self.config.dropout)
-        with torch.no_grad():
-            a = layer.lora_A.weight
-            if self.config.init == "gaussian":
-                a.normal_(0.0, 1.0 / self.config.r, generator=generator)
-            else:  # nn.Linear's own: Kaiming-uniform with a = sqrt(5), bound 1 / sqrt(in)
-                nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
-            layer.lora_B.weight.zero_()
-        self.finish(layer, base)
-        return layer
-
-    def finish(self, layer: nn.Module, base: nn.Module) -> None:
-        """What a subclass adds once A and B exist (DoRA: the magnitude)."""
-
-    def peft_config(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "peft_type": "LORA", "r": c.r, "lora_alpha": c.alpha, "lora_dropout": c.dropout,
-            "use_rslora": c.rslora, "init_lora_weights": True if c.init == "default" else c.init,
-            **self.peft_fields,
-        }  # fmt: skip
 
 
 @hookimpl

@@ -86,15 +86,16 @@ FROZEN_CAPABILITIES = {
 
 # what a plugin author imports from plugformer.core (the interfaces and hookimpl)
 FROZEN_CORE_EXPORTS = [
-    "ACTIVATIONS", "Attention", "AttentionConfig", "AttentionDims", "CONTRACT_VERSION",
-    "Capability", "Checkpoint", "CheckpointConfig", "CheckpointFormat", "FamilyBase",
-    "FamilyConfig", "MLP", "MLPConfig", "MLPDims", "ModelFamily", "ModelSpec", "Norm",
-    "NormConfig", "NormDims", "Optimizer", "OptimizerConfig", "OptimizerSettings",
-    "ParallelConfig", "ParallelStrategy", "PositionalBase", "PositionalConfig",
-    "PositionalDims", "PositionalEncoding", "QuantConfig", "QuantizedWeights", "Quantizer",
-    "STYLES", "Sampler", "SamplerConfig", "SamplingContext", "Schedule", "ScheduleConfig",
-    "ScheduleDims", "TensorPart", "Tokenizer", "activation", "capability", "decay_groups",
-    "expect_shape", "generated_slots", "hookimpl", "knob", "signed_penalty_problems",
+    "ACTIVATIONS", "Adapter", "AdapterConfig", "AdapterDims", "AdapterLayer", "Attention",
+    "AttentionConfig", "AttentionDims", "CONTRACT_VERSION", "Capability", "Checkpoint",
+    "CheckpointConfig", "CheckpointFormat", "FamilyBase", "FamilyConfig", "MLP", "MLPConfig",
+    "MLPDims", "ModelFamily", "ModelSpec", "Norm", "NormConfig", "NormDims", "Optimizer",
+    "OptimizerConfig", "OptimizerSettings", "ParallelConfig", "ParallelStrategy", "PositionalBase",
+    "PositionalConfig", "PositionalDims", "PositionalEncoding", "QuantConfig", "QuantizedWeights",
+    "Quantizer", "STYLES", "Sampler", "SamplerConfig", "SamplingContext", "Schedule",
+    "ScheduleConfig", "ScheduleDims", "TensorPart", "Tokenizer", "activation", "base_weight",
+    "capability", "decay_groups", "expect_shape", "generated_slots", "hookimpl", "knob",
+    "signed_penalty_problems",
 ]  # fmt: skip
 
 FROZEN_API = [

@@ -31,6 +31,11 @@ def check_composition(config: Any) -> None:
             "adapter: fuse_projections joins the layers an adapter wraps; leave it off (or "
             "merge the adapter first: plugformer merge)"
         )
+    if config.parallel.name == "fsdp":
+        raise ConfigError(
+            "adapter: parallel=fsdp does not shard adapters yet; use parallel=ddp (the frozen "
+            "base is replicated, only the adapter's gradients are reduced)"
+        )
     if config.parallel.name in ("tensor", "pipeline"):
         raise ConfigError(
             f"adapter: parallel={config.parallel.name} does not split adapters yet; use "

@@ -135,6 +135,8 @@ class Trainer:
         if not t.data:
             raise ConfigError("train.data: missing value; set it with train.data=FILE|DIR")
         self.config = config
+        self.adapted = adapter_setup.wanted(config)
+        adapter_setup.check_composition(config)
         self.plugins = plugins or get_plugins(config.plugins)
         registry = self.plugins.registry
         opened = builder.open_model(config, registry)
@@ -145,8 +147,6 @@ class Trainer:
             raise ConfigError("; ".join(problems))
         if t.precision == "fp16" and r.device.type != "cuda":
             raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 on the CPU)")
-        self.adapted = adapter_setup.wanted(config)
-        adapter_setup.check_composition(config)
         if config.quant.name != "none" and not self.adapted:
             raise ConfigError(
                 f"quant={config.quant.name}: full training updates float weights; train "

@@ -168,6 +168,8 @@ def test_bad_adapter_settings_are_refused_before_training(hf_model_dir, tmp_path
         Trainer(plugformer.compose([*base, "adapter=lora", "adapter.r=0"]))
     with pytest.raises(ConfigError, match="'qkv' matches no linear layer"):
         Trainer(plugformer.compose([*base, "adapter=lora", "adapter.target_modules=[qkv]"]))
+    with pytest.raises(ConfigError, match="parallel=fsdp does not shard adapters yet"):
+        Trainer(plugformer.compose([*base, "adapter=lora", "parallel=fsdp"]))
     with pytest.raises(ConfigError, match="fuse_projections"):
         plugformer.Engine.from_overrides([*base[:1], "adapter=lora", "fuse_projections=true"])
 

@@ -38,15 +38,20 @@ def _run(world: int, out: Path, *extra: str) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_equal_one_process(tmp_path):
-    one = _run(1, tmp_path / "one")
-    two = _run(2, tmp_path / "two")
+@pytest.mark.parametrize(
+    "extra", [[], ["adapter=lora", "adapter.target_modules=all-linear"]], ids=["full", "lora"]
+)
+def test_two_ranks_equal_one_process(tmp_path, extra):
+    one = _run(1, tmp_path / "one", *extra)
+    two = _run(2, tmp_path / "two", *extra)
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     w1 = load_file(str(checkpoint.complete(tmp_path / "one")[-1] / "model.safetensors"))
     w2 = load_file(str(checkpoint.complete(tmp_path / "two")[-1] / "model.safetensors"))
     assert w1.keys() == w2.keys()
+    if extra:  # an adapter's checkpoint holds the adapter alone
+        assert all(".adapters.default.lora_" in name for name in w1)
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5)
 

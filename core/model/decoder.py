@@ -329,17 +329,22 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         valid: torch.Tensor | None = None,
         last_only: bool = False,
+        hidden_only: bool = False,
     ) -> torch.Tensor:
         """Token ids [B, S] (or hidden states [B, S, hidden] when ``embed`` is None) at
         ``positions`` [B, S] (default 0..S-1) -> logits [B, S, vocab] (or hidden states when
         ``head`` is None). ``valid`` [B, S] marks real tokens (False: padding).
-        ``last_only``: norm and head for the last position only -> [B, 1, vocab]."""
+        ``last_only``: norm and head for the last position only -> [B, 1, vocab].
+        ``hidden_only``: the last layer's hidden states [B, S, hidden], before the final norm
+        and head (:meth:`finish`; the trainer's loss applies them a chunk at a time)."""
         b, s = x.shape[:2]
         if positions is None:
             positions = torch.arange(s, device=x.device).expand(b, s)
         h = self.embed_tokens(x, positions) if self.embed is not None else x  # [B, S, hidden]
         dtype = cache.dtype if cache is not None else h.dtype  # attention's (the cache's)
         h = self.run_layers(h, self.context(positions, valid, cache, dtype))
+        if hidden_only:
+            return h
         return self.finish(h[:, -1:] if last_only else h)
 
 

@@ -44,6 +44,7 @@ from plugformer.core.loader import Plugins, get_plugins
 from plugformer.core.model.decoder import Decoder
 from plugformer.core.progress import Progress
 from plugformer.core.train import checkpoint, data, report
+from plugformer.core.train.loss import chunked_token_loss
 from plugformer.core.train.save import save_model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -500,7 +501,17 @@ def token_loss(
 ) -> tuple[torch.Tensor, int]:
     """(summed token cross-entropy, scored tokens) of a batch: ids, labels [B, S] (labels as
     HF's ``labels=``: -100 is not scored; the token at i predicts label i + 1), valid [B, S]
-    (False on padding). HF's loss is this sum divided by the count."""
+    (False on padding). HF's loss is this sum divided by the count. A decoder (or a data-
+    parallel wrapper of one) computes it a chunk of logits at a time
+    (:mod:`plugformer.core.train.loss`); a sharded (FSDP) one all at once, as its head's
+    parameters are gathered only inside its forward."""
+    decoder = model.module if isinstance(model, DistributedDataParallel) else model
+    if (
+        isinstance(decoder, Decoder)
+        and decoder.head is not None
+        and not isinstance(model, FSDPModule)
+    ):
+        return chunked_token_loss(model, decoder, ids, labels, valid, data.IGNORE)
     logits = model(ids, None, None, None if bool(valid.all()) else valid)  # [B, S, V]
     target = labels[:, 1:]  # [B, S-1]
     flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # [B*(S-1), V]

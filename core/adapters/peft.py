@@ -4,10 +4,15 @@
 Reading refuses, by name, every PEFT feature plugformer does not compute (``modules_to_save``,
 per-layer rank patterns, bias training, ...) and every tensor of a module the model does not
 have, instead of loading part of an adapter.
+
+An adapter of another plugin than the built-in ``lora`` and ``dora`` is saved the same way,
+with two more keys that PEFT does not know: ``plugformer_adapter`` (its registry name) and
+``plugformer_config`` (its config fields); plugformer reads it back with that plugin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -26,6 +31,8 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
+#: the adapters whose directories are PEFT's own LoRA format
+PEFT_NATIVE = ("lora", "dora")
 #: PEFT LoraConfig keys that only describe (ignored when read)
 INFORMATIVE = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
@@ -52,6 +59,10 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"adapter.path: {path} is not readable JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"adapter.path: {path} is not a JSON object")
+    if "plugformer_adapter" in cfg:  # a plugin's own adapter: its fields, read by it
+        if not isinstance(cfg.get("plugformer_config", {}), dict):
+            raise CheckpointError(f"adapter.path: {path}: plugformer_config is not an object")
+        return cfg
     if cfg.get("peft_type") != "LORA":
         raise CheckpointError(
             f"adapter.path: {path}: peft_type {cfg.get('peft_type')!r} is not supported "
@@ -79,7 +90,16 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def adapter_config_of(registry: Any, cfg: dict[str, Any], path: Path) -> Any:
-    """The plugin config (``adapter=lora`` or ``dora``) equal to a PEFT config."""
+    """The plugin config (``adapter=lora`` or ``dora``) equal to a PEFT config, or the config
+    of the plugin named by ``plugformer_adapter``."""
+    targets = cfg.get("target_modules") or []
+    if "plugformer_adapter" in cfg:
+        own = registry.get("adapter", cfg["plugformer_adapter"]).config
+        fields = dict(cfg.get("plugformer_config", {}))
+        try:
+            return own(**fields, path=str(path), target_modules=targets)
+        except TypeError as exc:
+            raise CheckpointError(f"adapter.path: {path / CONFIG}: {exc}") from None
     name = "dora" if cfg.get("use_dora") else "lora"
     init = cfg.get("init_lora_weights", True)
     fields = {
@@ -193,11 +213,21 @@ def save(
         key: t.detach().to("cpu", torch.float32).contiguous().clone()
         for key, t in _expected(model, attached, name).items()
     }
+    own: dict[str, Any] = {}
+    if attached.config.name not in PEFT_NATIVE:
+        fields = dataclasses.asdict(attached.config)
+        own = {
+            "plugformer_adapter": attached.config.name,
+            "plugformer_config": {
+                k: v for k, v in fields.items() if k not in ("name", "path", "target_modules")
+            },
+        }
     config = {
         "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "bias": "none",
         "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None,
         "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
         "target_modules": _saved_targets(model, attached), **attached.adapter.peft_config(),
+        **own,
     }  # fmt: skip
     _write(out / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"

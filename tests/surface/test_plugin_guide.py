@@ -68,6 +68,7 @@ COMPONENTS = {
     "parallel": "threads",
     "optimizer": "lion",
     "schedule": "wsd",
+    "adapter": "ia3",
 }
 
 # -- 1. the guide shows the package's files exactly ----------------------------------------------
@@ -902,3 +903,38 @@ def test_cli_trains_with_lion_and_wsd(tmp_path, capsys):
     assert cli.main(args) == 0
     assert "trained 2 steps: loss " in capsys.readouterr().out
     assert engine(f"model.path={out / 'final'}").generate("Once", max_new_tokens=2).token_ids
+
+
+# -- adapter --------------------------------------------------------------------------------------
+
+
+def test_ia3_scales_outputs_trains_saves_reloads_and_merges(tmp_path, capsys):
+    base = engine(TINY)
+    adapted = engine(TINY, "adapter=ia3", "adapter.target_modules=[k_proj,v_proj,down_proj]")
+    targets = [n for n, m in adapted.model.named_modules() if type(m).__name__ == "IA3Layer"]
+    assert len(targets) == 6  # 2 layers x wk, wv, down
+    torch.testing.assert_close(adapted.logits(IDS), base.logits(IDS), rtol=0, atol=0)  # l = 1
+    g = torch.Generator().manual_seed(1)
+    scales = {}
+    with torch.no_grad():
+        for name in targets:
+            layer = adapted.model.get_submodule(name)
+            layer.ia3_l.copy_(0.5 + torch.rand(layer.ia3_l.shape, generator=g))
+            scales[name.split(".adapters.")[0]] = layer.ia3_l.detach().clone()
+        for path, scale in scales.items():  # the same model by hand: W' = diag(l) W
+            base.model.get_submodule(path).weight.mul_(scale.view(-1, 1))
+    torch.testing.assert_close(adapted.logits(IDS), base.logits(IDS), rtol=1e-5, atol=1e-5)
+
+    summary = plugformer.train(
+        plugformer.compose([*TRAIN, "adapter=ia3", "train.steps=3", "train.lr=5e-2",
+                            f"train.output_dir={tmp_path / 'run'}"])  # fmt: skip
+    )
+    out = Path(summary["adapter_dir"])
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["plugformer_adapter"] == "ia3" and saved["plugformer_config"] == {"init": 1.0}
+    assert all(k.endswith(".ia3_l") for k in load_file(str(out / "adapter_model.safetensors")))
+    trained = engine(TINY, f"adapter.path={out}")
+    assert (trained.logits(IDS) - engine(TINY).logits(IDS)).abs().max() > 1e-4  # it trained
+    assert cli.main(["merge", TINY, f"adapter.path={out}", f"output_dir={tmp_path / 'm'}"]) == 0
+    merged = engine(f"model.path={tmp_path / 'm'}")
+    torch.testing.assert_close(merged.logits(IDS), trained.logits(IDS), rtol=1e-5, atol=1e-5)

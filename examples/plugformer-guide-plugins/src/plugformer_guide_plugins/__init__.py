@@ -9,6 +9,7 @@ registry name), so a script can take just one: ``plugformer.register(relu2)``.
 from plugformer.core import hookimpl
 from plugformer_guide_plugins import (
     guide_dir,
+    ia3,
     int8_rows,
     lion,
     relu2,
@@ -35,6 +36,7 @@ COMPONENTS = (
     threads,
     lion,
     wsd,
+    ia3,
 )
 
 

@@ -7,7 +7,9 @@ adapter name (or None: the base alone) per batch row, so a batch mixes adapters 
 computes exactly what it would alone.
 
 With gradients on, a quantized base runs through :func:`plugformer.core.quant.grad.quant_linear`
-(no dense weight); without, through its own kernel.
+(no dense weight); without, through its own kernel, unless ``routing.sliced`` is set (the
+trainer sets it: evaluating a QLoRA run must not build float32 kernels, which would hold a
+dense copy of every layer).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Routing:
 
     active: list[str] = field(default_factory=list)
     rows: list[str | None] | None = None
+    sliced: bool = False  # quantized bases always through the sliced matmul (training)
 
     @contextlib.contextmanager
     def use(self, active: list[str], rows: list[str | None] | None = None) -> Iterator[None]:
@@ -61,7 +64,7 @@ class AdaptedLinear(nn.Module):
         return int(self.base.out_features)  # type: ignore[arg-type]
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.base, QuantLinear) and torch.is_grad_enabled():
+        if isinstance(self.base, QuantLinear) and (torch.is_grad_enabled() or self.routing.sliced):
             return quant_linear(self.base, x)
         out: torch.Tensor = self.base(x)
         return out

@@ -16,19 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from plugformer.core.model.decoder import Decoder
+
 #: logits per chunk (positions x vocabulary): 16 Mi float32 = 64 MiB
 CHUNK_LOGITS = 1 << 24
 
 
-def _chunk_loss(decoder: torch.nn.Module, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _chunk_loss(decoder: Decoder, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # h: [1, n, hidden], target [n] -> summed loss (a 0-d tensor)
-    logits = decoder.finish(h)[0].float()  # type: ignore[operator]
+    logits = decoder.finish(h)[0].float()
     return F.cross_entropy(logits, target, reduction="sum")
 
 
 def chunked_token_loss(
     model: torch.nn.Module,
-    decoder: torch.nn.Module,
+    decoder: Decoder,
     ids: torch.Tensor,
     labels: torch.Tensor,
     valid: torch.Tensor,

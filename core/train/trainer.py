@@ -34,6 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from plugformer.core import builder
 from plugformer.core.adapters import peft as adapter_files
 from plugformer.core.adapters import setup as adapter_setup
+from plugformer.core.adapters.attach import adapters_of
 from plugformer.core.config import Config, TrainConfig
 from plugformer.core.errors import ConfigError, PlugformerError
 from plugformer.core.interfaces.capability import capability
@@ -173,6 +174,7 @@ class Trainer:
         module = self.prepare_model(module)
         if self.adapted:
             adapter_setup.apply(module, registry, r.spec, opened, config, t.seed)
+            adapters_of(module).routing.sliced = True  # evaluation too: no dense kernels
         self.module = module  # the decoder itself: its parameters, saving, evaluation
         self.model = builder.parallelize(r, opened, module)  # what the forward runs
         self.tokenizer = r.tokenizer

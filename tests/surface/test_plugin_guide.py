@@ -925,10 +925,8 @@ def test_ia3_scales_outputs_trains_saves_reloads_and_merges(tmp_path, capsys):
             base.model.get_submodule(path).weight.mul_(scale.view(-1, 1))
     torch.testing.assert_close(adapted.logits(IDS), base.logits(IDS), rtol=1e-5, atol=1e-5)
 
-    summary = plugformer.train(
-        plugformer.compose([*TRAIN, "adapter=ia3", "train.steps=3", "train.lr=5e-2",
-                            f"train.output_dir={tmp_path / 'run'}"])  # fmt: skip
-    )
+    run = ["adapter=ia3", "train.steps=3", "train.lr=5e-2", f"train.output_dir={tmp_path / 'run'}"]
+    summary = plugformer.train(plugformer.compose([*TRAIN, *run]))
     out = Path(summary["adapter_dir"])
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["plugformer_adapter"] == "ia3" and saved["plugformer_config"] == {"init": 1.0}

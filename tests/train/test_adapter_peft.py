@@ -249,3 +249,17 @@ def test_only_the_adapter_trains_and_is_saved_as_peft(hf_model_dir, tmp_path, ca
     ckpt = checkpoint.complete(tmp_path)[-1]
     saved = load_file(str(ckpt / "model.safetensors"))
     assert saved and all(".adapters.default." in k for k in saved)
+
+
+def test_generate_with_an_adapter_from_the_command_line(hf_model_dir, tmp_path, capsys):
+    path = hf_model_dir("llama")
+    _peft_model(path, **KINDS["lora"]).save_pretrained(tmp_path / "a")
+    args = [f"model.path={path}", f"adapter.path={tmp_path / 'a'}", "max_new_tokens=6",
+            "ignore_eos=true", "--quiet", "--ids", "256,72,105"]  # fmt: skip
+    assert main(["generate", *args]) == 0
+    printed = capsys.readouterr().out
+    engine = plugformer.Engine.from_overrides(args[:2])
+    want = engine.generate([256, 72, 105], max_new_tokens=6, ignore_eos=True)
+    base = engine.generate([256, 72, 105], max_new_tokens=6, ignore_eos=True, adapter="none")
+    assert printed == want.text + "\n"
+    assert want.token_ids != base.token_ids  # the adapter shows in the tokens

@@ -169,8 +169,8 @@ class BatchRun:
     ) -> None:
         self.model, self.spec, self.tok, self.req = model, spec, tokenizer, req
         self.device, self.dtype = device, dtype
-        self.eos = set() if req.ignore_eos else set(eos_ids)
-        self.stop_ids = set(req.stop_token_ids)
+        self.rules = Rules(tokenizer, eos_ids, req)
+        self.eos, self.stop_ids = self.rules.eos, self.rules.stop_ids
         ctx = spec.max_seq_len
         self.rows: list[Row] = []
         for ids, seed in zip(prompts, req.seeds, strict=True):
@@ -234,6 +234,21 @@ class BatchRun:
             pos = (lengths + step).unsqueeze(1)  # [B, 1]
             logits = self.model(tokens.unsqueeze(1), pos, cache, last_only=True)[:, -1]
 
+    def _accept(self, row: Row, token: int, raw: torch.Tensor | None, i: int) -> str:
+        return self.rules.accept(row, token, None if raw is None else raw[i])
+
+
+class Rules:
+    """What happens to a sampled token: recorded with its logprobs, checked against EOS, the
+    stop token ids, the token budget and the stop strings (which may span tokens), and turned
+    into the text delta that may be shown now. Shared by :class:`BatchRun` and the serving
+    scheduler (``core/serve/``)."""
+
+    def __init__(self, tokenizer: Tokenizer | None, eos: set[int], req: Request) -> None:
+        self.tok, self.req = tokenizer, req
+        self.eos = set() if req.ignore_eos else set(eos)
+        self.stop_ids = set(req.stop_token_ids)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids) if self.tok is not None else ""
 
@@ -247,13 +262,14 @@ class BatchRun:
             return self._decode(ids[: decoder.read])
         return text
 
-    def _accept(self, row: Row, token: int, raw: torch.Tensor | None, i: int) -> str:
-        """Record ``token`` for ``row``; returns the text that may be shown now."""
+    def accept(self, row: Row, token: int, raw: torch.Tensor | None) -> str:
+        """Record ``token`` for ``row`` (``raw``: the row's log-probabilities [V], when asked
+        for); returns the text that may be shown now."""
         row.token_ids.append(token)
         if raw is not None:
-            row.logprobs.append(float(raw[i, token]))
+            row.logprobs.append(float(raw[token]))
             if self.req.logprobs:
-                values, indices = torch.topk(raw[i], self.req.logprobs)
+                values, indices = torch.topk(raw, self.req.logprobs)
                 row.top_logprobs.append(
                     {int(t): float(v) for t, v in zip(indices, values, strict=True)}
                 )

@@ -118,6 +118,26 @@ class Scheduler:
     ) -> str:
         """Queue a prompt (text or token ids) with ``Engine.generate``'s options; returns its
         id. Refused at once when its prompt cannot fit the context or the block pool."""
+        seq = self.prepare(prompt, request_id, max_new_tokens, priority, **options)
+        self.enqueue(seq)
+        return seq.request_id
+
+    def enqueue(self, seq: Sequence) -> None:
+        """Queue a prepared request (its id must be new)."""
+        if any(s.request_id == seq.request_id for s in self.waiting + self.running):
+            raise ValidationError(f"request_id: {seq.request_id!r} is already queued or running")
+        self.waiting.append(seq)
+
+    def prepare(
+        self,
+        prompt: Any,
+        request_id: str | None = None,
+        max_new_tokens: int | None = None,
+        priority: int = 0,
+        **options: Any,
+    ) -> Sequence:
+        """A request checked and made ready to queue, without touching the queues (so another
+        thread may prepare while a step runs)."""
         e = self.engine
         template = options.pop("use_chat_template", None)
         ids = e._prompt_ids(prompt, template)
@@ -141,16 +161,12 @@ class Scheduler:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority: expected an integer, got {priority!r}")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        if any(s.request_id == rid for s in self.waiting + self.running):
-            raise ValidationError(f"request_id: {rid!r} is already queued or running")
         budget = req.max_new_tokens or min(req.default_max_new_tokens, room)
         g = torch.Generator(device=e.device)
         g.manual_seed(req.seeds[0])
         row = Row(ids, g, IncrementalDecoder(e.tokenizer_or_none), budget)
-        seq = Sequence(rid, ids, row, Rules(e.tokenizer_or_none, e._eos, req), next(self._ids),
-                       priority)  # fmt: skip
-        self.waiting.append(seq)
-        return rid
+        rules = Rules(e.tokenizer_or_none, e._eos, req)
+        return Sequence(rid, ids, row, rules, next(self._ids), priority)
 
     def abort(self, request_id: str) -> bool:
         """End a request now (its blocks go back at once); False if it is not queued or

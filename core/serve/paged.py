@@ -9,9 +9,18 @@ forward pass's view of it for a batch of sequences, with the interface the decod
 cache (``advance``, ``update``, ``filled_pos``, ``dtype``): each row writes its new tokens into
 its own blocks and reads back all of its tokens, gathered into [B, Hkv, T, D] with ``-1``
 positions (masked) past a row's length. Attention plugins therefore run unchanged on it.
+
+Prefix caching (``prefix_caching=True``): a full block is keyed by a hash chain of the tokens
+of every block up to it (and the adapter the keys were computed with), so equal keys mean equal
+prefixes. A new sequence takes the cached blocks of its longest cached prefix (each block
+counts its users); a block no sequence uses stays cached, in least-recently-used order, until
+its slot is needed.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
 
 import torch
 
@@ -38,24 +47,75 @@ class BlockPool:
         self.k: dict[int, torch.Tensor] = {}  # layer -> [num_blocks * block_size, Hkv, D]
         self.v: dict[int, torch.Tensor] = {}
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: lowest ids first
+        self.refs = [0] * num_blocks  # sequences using each block
+        self._by_key: dict[bytes, int] = {}  # prefix key -> the block holding it
+        self._key_of: dict[int, bytes] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()  # cached, unused; oldest first
+        self.hits = 0  # blocks taken from the prefix cache
 
     @property
     def free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks a sequence can get now (free, or cached and unused)."""
+        return len(self._free) + len(self._idle)
+
+    @staticmethod
+    def chain(parent: bytes, tokens: list[int], salt: str = "") -> bytes:
+        """The key of a full block: the parent block's key, the adapter, its tokens."""
+        h = hashlib.sha256(parent)
+        h.update(salt.encode() + b"\0" + b",".join(str(t).encode() for t in tokens))
+        return h.digest()
+
+    def lookup(self, keys: list[bytes]) -> list[int]:
+        """The cached blocks of the longest prefix of ``keys``, now used once more."""
+        found = []
+        for key in keys:
+            block = self._by_key.get(key)
+            if block is None:
+                break
+            found.append(block)
+        for block in found:
+            self._idle.pop(block, None)
+            self.refs[block] += 1
+        self.hits += len(found)
+        return found
+
+    def register(self, block: int, key: bytes) -> None:
+        """Record that ``block`` (full) holds the prefix ``key`` (a prefix already cached in
+        another block keeps that one)."""
+        if key not in self._by_key and block not in self._key_of:
+            self._by_key[key] = block
+            self._key_of[block] = key
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks that hold ``tokens`` tokens."""
         return -(-tokens // self.block_size)
 
     def allocate(self, n: int) -> list[int]:
-        """``n`` free blocks (ValidationError when fewer are free: check first)."""
-        if n > len(self._free):
-            raise ValidationError(f"kv_cache: {n} blocks asked, {len(self._free)} free")
-        return [self._free.pop() for _ in range(n)]
+        """``n`` blocks, free ones first, then the least recently used cached ones (their
+        prefix forgotten); ValidationError when fewer are available: check first."""
+        if n > self.free_blocks:
+            raise ValidationError(f"kv_cache: {n} blocks asked, {self.free_blocks} free")
+        out = []
+        for _ in range(n):
+            if self._free:
+                block = self._free.pop()
+            else:
+                block, _ = self._idle.popitem(last=False)
+                del self._by_key[self._key_of.pop(block)]
+            self.refs[block] = 1
+            out.append(block)
+        return out
 
     def release(self, blocks: list[int]) -> None:
-        """Give ``blocks`` back (each exactly once)."""
-        self._free.extend(reversed(blocks))
+        """A sequence stops using ``blocks``: unused ones become free (or stay cached)."""
+        for block in blocks:
+            self.refs[block] -= 1
+            if self.refs[block] > 0:
+                continue
+            if block in self._key_of:
+                self._idle[block] = None  # the most recently used end
+            else:
+                self._free.append(block)
 
     def storage(self, layer: int, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.k:

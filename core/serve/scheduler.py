@@ -60,6 +60,8 @@ class Sequence:
     priority: int = 0
     blocks: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose keys and values are in its blocks
+    keys: list[bytes] = field(default_factory=list)  # prefix keys of its full blocks
+    registered: int = 0  # of its blocks, those recorded in the prefix cache
 
     @property
     def ids(self) -> list[int]:
@@ -80,6 +82,7 @@ class Scheduler:
         max_num_seqs: int = 8,
         max_num_batched_tokens: int = 512,
         policy: str = "fcfs",
+        prefix_caching: bool = False,
     ) -> None:
         for key, value in (("max_num_seqs", max_num_seqs),
                            ("max_num_batched_tokens", max_num_batched_tokens)):  # fmt: skip
@@ -91,7 +94,7 @@ class Scheduler:
             raise ValidationError(
                 f"scheduler.policy: {policy!r} is not one of {', '.join(POLICIES)}"
             )
-        self.engine, self.policy = engine, policy
+        self.engine, self.policy, self.prefix_caching = engine, policy, bool(prefix_caching)
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         spec = engine.spec
         dtype = cache_dtype(engine.dtype, engine.device)
@@ -191,7 +194,35 @@ class Scheduler:
 
     def _free(self, seq: Sequence) -> None:
         self.pool.release(seq.blocks)
-        seq.blocks, seq.computed = [], 0
+        seq.blocks, seq.computed, seq.registered = [], 0, 0
+
+    def _keys(self, seq: Sequence, blocks: int) -> list[bytes]:
+        """The prefix keys of ``seq``'s first ``blocks`` full blocks."""
+        bs = self.pool.block_size
+        while len(seq.keys) < blocks:
+            j = len(seq.keys)
+            parent = seq.keys[-1] if seq.keys else b""
+            seq.keys.append(self.pool.chain(parent, seq.ids[j * bs : (j + 1) * bs]))
+        return seq.keys[:blocks]
+
+    def _reuse(self, seq: Sequence) -> None:
+        """A sequence being admitted takes the cached blocks of its longest cached prefix
+        (at least its last token is left to compute: its logits come from that)."""
+        if not self.prefix_caching or seq.blocks:
+            return
+        full = (len(seq.ids) - 1) // self.pool.block_size
+        seq.blocks = self.pool.lookup(self._keys(seq, full))
+        seq.computed = len(seq.blocks) * self.pool.block_size
+        seq.registered = len(seq.blocks)
+
+    def _remember(self, seq: Sequence) -> None:
+        """Record the blocks ``seq`` has filled since the last step in the prefix cache."""
+        if not self.prefix_caching:
+            return
+        full = seq.computed // self.pool.block_size
+        for j, key in enumerate(self._keys(seq, full)[seq.registered :], seq.registered):
+            self.pool.register(seq.blocks[j], key)
+        seq.registered = max(seq.registered, full)
 
     def _grow(self, seq: Sequence, tokens: int) -> bool:
         """Blocks for ``tokens`` cached tokens of ``seq``; False if the pool has too few."""
@@ -244,8 +275,10 @@ class Scheduler:
         for seq in self._order(self.waiting):
             if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
-            n = min(len(seq.ids), budget)
-            if not self._grow(seq, n):
+            self._reuse(seq)
+            n = min(len(seq.ids) - seq.computed, budget)
+            if not self._grow(seq, seq.computed + n):
+                self._free(seq)  # the cached blocks it took go back
                 break  # in order: a later request does not overtake this one
             self.waiting.remove(seq)
             self.running.append(seq)
@@ -270,6 +303,7 @@ class Scheduler:
             return outputs
         for i, (seq, n) in enumerate(plan):
             seq.computed += n
+            self._remember(seq)
             if seq.computed < len(seq.ids):
                 continue  # a prompt chunk: nothing to sample yet
             outputs.append(self._sample(seq, logits[i]))

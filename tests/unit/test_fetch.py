@@ -80,7 +80,22 @@ def test_wrong_member_hash_is_refused(downloads, wheel):
 
 @pytest.mark.parametrize(
     ("requirement", "member"),
-    [("pkg", MEMBER), ("pkg==1.0", "../evil"), ("pkg==1.0", "/etc/passwd")],
+    [
+        ("pkg", MEMBER),
+        ("pkg==1.0", "../evil"),
+        ("pkg==1.0", "/etc/passwd"),
+        # option injection, files, URLs and paths (issue 16): never reach pip
+        ("-r/tmp/req==1", MEMBER),
+        ("--index-url=http://x==1", MEMBER),
+        ("pkg==1 -r x", MEMBER),
+        ("./local==1.0", MEMBER),
+        ("https://evil/pkg==1.0", MEMBER),
+        ("pkg>=1.0", MEMBER),
+        ("pkg==1.0;os_name=='nt'", MEMBER),
+        ("pkg[extra]==1.0", MEMBER),
+        ("pkg==1.*", MEMBER),
+        ("pkg @ file:///x==1", MEMBER),
+    ],
 )
 def test_unpinned_or_escaping_sources_are_refused(downloads, requirement, member):
     with pytest.raises(ConfigError):

@@ -140,6 +140,30 @@ class Row:
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
 
 
+def new_row(
+    ids: list[int],
+    seed: int,
+    req: Request,
+    ctx: int,
+    tokenizer: Tokenizer | None,
+    device: torch.device | str,
+) -> Row:
+    """A row for prompt ``ids`` in a context of ``ctx``: its token budget (refused when the
+    prompt leaves no room or ``max_new_tokens`` does not fit) and its seeded generator."""
+    room = ctx - len(ids)
+    if room <= 0:
+        raise ValidationError(f"prompt: {len(ids)} tokens leave no room in the context of {ctx}")
+    if req.max_new_tokens is not None and req.max_new_tokens > room:
+        raise ValidationError(
+            f"max_new_tokens: {len(ids)} prompt tokens + {req.max_new_tokens} new tokens "
+            f"exceed the context of {ctx}"
+        )
+    budget = req.max_new_tokens or min(req.default_max_new_tokens, room)
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return Row(ids, g, IncrementalDecoder(tokenizer), budget)
+
+
 def _holdback(text: str, stops: list[str]) -> int:
     """How many trailing characters could still begin a stop string (kept back from streams)."""
     keep = 0
@@ -174,20 +198,7 @@ class BatchRun:
         ctx = spec.max_seq_len
         self.rows: list[Row] = []
         for ids, seed in zip(prompts, req.seeds, strict=True):
-            room = ctx - len(ids)
-            if room <= 0:
-                raise ValidationError(
-                    f"prompt: {len(ids)} tokens leave no room in the context of {ctx}"
-                )
-            if req.max_new_tokens is not None and req.max_new_tokens > room:
-                raise ValidationError(
-                    f"max_new_tokens: {len(ids)} prompt tokens + {req.max_new_tokens} new tokens "
-                    f"exceed the context of {ctx}"
-                )
-            budget = req.max_new_tokens or min(req.default_max_new_tokens, room)
-            g = torch.Generator(device=device)
-            g.manual_seed(seed)
-            self.rows.append(Row(ids, g, IncrementalDecoder(tokenizer), budget))
+            self.rows.append(new_row(ids, seed, req, ctx, tokenizer, device))
 
     def steps(self) -> Iterator[list[tuple[int, str]]]:
         rows, device = self.rows, self.device

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from plugformer.core.errors import ValidationError
-from plugformer.core.generation import IncrementalDecoder, Row, Rules
+from plugformer.core.generation import Row, Rules, new_row
 from plugformer.core.interfaces.sampler import SamplingContext
 from plugformer.core.model.kv_cache import cache_dtype
 from plugformer.core.serve.paged import BlockPool, PagedBatch
@@ -167,17 +167,7 @@ class Scheduler:
         template = options.pop("use_chat_template", None)
         ids = e._prompt_ids(prompt, template)
         req = e._make_request(1, max_new_tokens=max_new_tokens, **options)
-        ctx = e.spec.max_seq_len
-        room = ctx - len(ids)
-        if room <= 0:
-            raise ValidationError(
-                f"prompt: {len(ids)} tokens leave no room in the context of {ctx}"
-            )
-        if req.max_new_tokens is not None and req.max_new_tokens > room:
-            raise ValidationError(
-                f"max_new_tokens: {len(ids)} prompt tokens + {req.max_new_tokens} new tokens "
-                f"exceed the context of {ctx}"
-            )
+        row = new_row(ids, req.seeds[0], req, e.spec.max_seq_len, e.tokenizer_or_none, e.device)
         if self.pool.blocks_for(len(ids) + 1) > self.pool.num_blocks:
             raise ValidationError(
                 f"prompt: {len(ids)} tokens need {self.pool.blocks_for(len(ids) + 1)} KV blocks "
@@ -186,10 +176,6 @@ class Scheduler:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority: expected an integer, got {priority!r}")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        budget = req.max_new_tokens or min(req.default_max_new_tokens, room)
-        g = torch.Generator(device=e.device)
-        g.manual_seed(req.seeds[0])
-        row = Row(ids, g, IncrementalDecoder(e.tokenizer_or_none), budget)
         rules = Rules(e.tokenizer_or_none, e._eos, req)
         return Sequence(rid, ids, row, rules, next(self._ids), priority)
 
